@@ -213,18 +213,24 @@ def _parse_all(payloads: Sequence[bytes | None], col: _Collector) -> list[tuple[
 _MISSING = object()
 
 
+def _to_float(v: float) -> float:
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
 def _field(objs: list[dict], name: str) -> pd.Series:
     return pd.Series([o.get(name, _MISSING) for o in objs], dtype=object)
 
 
 def _is_int(s: pd.Series) -> np.ndarray:
-    t = s.map(type)
-    return t.isin((int, np.int64)).to_numpy()
+    return s.map(type).isin((int,)).to_numpy(dtype=bool)
 
 
 def _is_number(s: pd.Series) -> np.ndarray:
     """int or float, but not bool (bool is an int subclass in Python)."""
-    return s.map(type).isin((int, float)).to_numpy()
+    return s.map(type).isin((int, float)).to_numpy(dtype=bool)
 
 
 def _check_common(objs: list[dict], pos: np.ndarray, col: _Collector, now: pd.Timestamp,
@@ -232,27 +238,27 @@ def _check_common(objs: list[dict], pos: np.ndarray, col: _Collector, now: pd.Ti
     """Schema version, required fields and the timestamp; returns (parsed ts, ok mask)."""
     ok = np.ones(len(objs), dtype=bool)
     schema = _field(objs, "schema")
-    missing = (schema.map(lambda v: v is _MISSING)).to_numpy()
+    missing = schema.map(lambda v: v is _MISSING).to_numpy(dtype=bool)
     col.add(pos[missing], Reason.MISSING_FIELD, "schema")
     ok &= ~missing
     # an int (not a bool: True == 1) among the supported versions
-    bad = ok & ~(_is_int(schema) & schema.isin(list(SUPPORTED_SCHEMAS)).to_numpy())
+    bad = ok & ~(_is_int(schema) & schema.isin(list(SUPPORTED_SCHEMAS)).to_numpy(dtype=bool))
     col.add(pos[bad], Reason.UNKNOWN_SCHEMA, [f"schema={v!r}" for v in schema[bad]])
     ok &= ~bad
     for name in required:
-        miss = ok & _field(objs, name).map(lambda v: v is _MISSING or v is None).to_numpy()
+        miss = ok & _field(objs, name).map(lambda v: v is _MISSING or v is None).to_numpy(dtype=bool)
         col.add(pos[miss], Reason.MISSING_FIELD, name)
         ok &= ~miss
     raw_ts = _field(objs, "ts")
-    is_str = raw_ts.map(type).eq(str).to_numpy()
+    is_str = raw_ts.map(type).eq(str).to_numpy(dtype=bool)
     wrong = ok & ~is_str
     col.add(pos[wrong], Reason.WRONG_TYPE, "ts must be an ISO-8601 string")
     ok &= ~wrong
     ts = pd.to_datetime(raw_ts.where(ok, None), utc=True, errors="coerce", format="ISO8601")
-    unparsable = ok & ts.isna().to_numpy()
+    unparsable = ok & ts.isna().to_numpy(dtype=bool)
     col.add(pos[unparsable], Reason.WRONG_TYPE, "ts is not an ISO-8601 timestamp")
     ok &= ~unparsable
-    future = ok & (ts > now + MAX_FUTURE_SKEW).to_numpy()
+    future = ok & (ts > now + MAX_FUTURE_SKEW).to_numpy(dtype=bool)
     col.add(pos[future], Reason.FUTURE_TIMESTAMP, [f"ts={t.isoformat()} is after now+{MAX_FUTURE_SKEW}"
                                                    for t in ts[future]])
     ok &= ~future
@@ -263,9 +269,9 @@ def _check_str(objs: list[dict], name: str, pos: np.ndarray, ok: np.ndarray, col
                nullable: bool = False) -> np.ndarray:
     s = _field(objs, name)
     t = s.map(type)
-    good = t.eq(str).to_numpy() & s.map(bool).to_numpy()
+    good = t.eq(str).to_numpy(dtype=bool) & s.map(bool).to_numpy(dtype=bool)
     if nullable:
-        good |= s.map(lambda v: v is None or v is _MISSING).to_numpy()
+        good |= s.map(lambda v: v is None or v is _MISSING).to_numpy(dtype=bool)
     wrong = ok & ~good
     col.add(pos[wrong], Reason.WRONG_TYPE, f"{name} must be a non-empty string")
     return ok & ~wrong
@@ -292,7 +298,7 @@ def validate_readings(payloads: Sequence[bytes | None], now: datetime | None = N
     ok = _check_str(objs, "recipe", pos, ok, col, nullable=True)
     tags = _field(objs, "tags")
     tags_ok = tags.map(lambda a: a is None or a is _MISSING or (
-        type(a) is dict and all(type(v) is str for v in a.values()))).to_numpy()
+        type(a) is dict and all(type(v) is str for v in a.values()))).to_numpy(dtype=bool)
     col.add(pos[ok & ~tags_ok], Reason.WRONG_TYPE, "tags must be an object of string -> string")
     ok &= tags_ok
     seq = _field(objs, "seq")
@@ -303,7 +309,7 @@ def validate_readings(payloads: Sequence[bytes | None], now: datetime | None = N
     col.add(pos[neg], Reason.WRONG_TYPE, "seq must be in [0, 2^63)")
     ok &= ~neg
     vals = _field(objs, "values")
-    wrong = ok & ~vals.map(type).eq(dict).to_numpy()
+    wrong = ok & ~vals.map(type).eq(dict).to_numpy(dtype=bool)
     col.add(pos[wrong], Reason.WRONG_TYPE, "values must be an object of sensor -> number")
     ok &= ~wrong
 
@@ -330,7 +336,11 @@ def validate_readings(payloads: Sequence[bytes | None], now: datetime | None = N
         ok[bad_rows] = False
     num = np.zeros(len(raw), dtype=np.float64)
     if numeric.any():
-        num[numeric] = np.array([raw[i] for i in np.flatnonzero(numeric)], dtype=np.float64)
+        picked = [raw[i] for i in np.flatnonzero(numeric)]
+        try:
+            num[numeric] = np.array(picked, dtype=np.float64)
+        except OverflowError:  # an integer beyond float64: treat as infinite
+            num[numeric] = [_to_float(v) for v in picked]
     nonfinite = numeric & ~np.isfinite(num)
     # huge ints that overflow float64 become inf: also non-finite
     nf_rows = np.setdiff1d(np.unique(row_arr[nonfinite]), bad_rows)
@@ -377,7 +387,7 @@ def validate_cell_results(payloads: Sequence[bytes | None], now: datetime | None
     ok = _check_str(objs, "grade", pos, ok, col, nullable=True)
     ok = _check_str(objs, "defect_type", pos, ok, col, nullable=True)
     defect = _field(objs, "defect")
-    wrong = ok & ~defect.map(type).eq(bool).to_numpy()
+    wrong = ok & ~defect.map(type).eq(bool).to_numpy(dtype=bool)
     col.add(pos[wrong], Reason.WRONG_TYPE, "defect must be true or false")
     ok &= ~wrong
     numbers = {}
