@@ -1,0 +1,298 @@
+"""StationModel: the anomaly detector of one station (optionally one recipe), streaming and offline alike.
+
+``fit`` learns, from clean contract frames of the station:
+
+1. robust scaling per sensor (median / IQR),
+2. window features per sensor per line (:mod:`cellwatch.detect.features`),
+3. the ensemble (:mod:`cellwatch.detect.ensemble`) on the training part,
+4. each member's tail calibration on held-out clean data (``validation`` or the last
+   ``validation_fraction`` of every line of ``train``),
+5. the threshold on that same clean data so that at most ``alert_budget`` false incidents per
+   (line, station) stream per ``shift_hours`` would open (:func:`threshold_for_budget`),
+6. data-quality limits (:mod:`cellwatch.detect.quality`).
+
+Faults must not be learnt as normal: pass ``exclude`` (a boolean mask over ``train``'s rows, e.g.
+labelled fault windows or past incidents); excluded rows and the rows whose window still contains them
+are left out of every fit, calibration and threshold step.
+
+``score`` keeps, per line, the last ``history_`` readings in a :class:`WindowState`; every feature of a
+row depends only on that row's own trailing window, so the scores are identical however the stream is
+cut into batches, and a state rebuilt from the last ``history_`` readings (``new_state(recent)``) gives
+the same scores as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+from cellwatch.detect.calibration import probability_to_score, threshold_for_budget
+from cellwatch.detect.ensemble import MEMBERS, FeatureEnsemble
+from cellwatch.detect.explain import sensor_contributions, top_sensors_json
+from cellwatch.detect.features import RobustScaler, feature_names, reference_std, window_features
+from cellwatch.detect.quality import QualityChecker
+
+from cellwatch import __version__
+from cellwatch.contract import READING_KEYS
+
+SCORE_COLUMNS = ("anomaly_score", "is_anomaly", "kind", "top_sensors")
+_NO_LINE = "_"
+
+
+@dataclass
+class WindowState:
+    """Per-line tails of the last readings: raw sensor values (rows x sensors) and times (epoch seconds)."""
+
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    times: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _epoch_seconds(ts: pd.Series | None, n: int) -> np.ndarray:
+    if ts is None:
+        return np.full(n, np.nan)
+    t = pd.to_datetime(ts, utc=True, errors="coerce")
+    out = (t - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds().to_numpy(dtype="float64")
+    return out
+
+
+def _lines(frame: pd.DataFrame) -> pd.Series:
+    if "line" in frame.columns:
+        return frame["line"].astype(str).fillna(_NO_LINE)
+    return pd.Series(_NO_LINE, index=frame.index)
+
+
+class StationModel:
+    """Anomaly detector for one station; scikit-learn/PyOD style (``fit`` returns self, learnt attrs end in ``_``)."""
+
+    def __init__(self, sensors: list[str] | None = None, window: int = 20, alert_budget: float = 1.0,
+                 k: int = 3, n: int = 5, close_after: int = 10, members: tuple[str, ...] = MEMBERS,
+                 validation_fraction: float = 0.25, min_stuck: int = 10, random_state: int = 0,
+                 seconds_per_row: float = 1.0):
+        self.sensors = sensors
+        self.window = window
+        self.alert_budget = alert_budget
+        self.k = k
+        self.n = n
+        self.close_after = close_after
+        self.members = members
+        self.validation_fraction = validation_fraction
+        self.min_stuck = min_stuck
+        self.random_state = random_state
+        self.seconds_per_row = seconds_per_row
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _choose_sensors(self, train: pd.DataFrame) -> list[str]:
+        if self.sensors is not None:
+            missing = [s for s in self.sensors if s not in train.columns]
+            if missing:
+                raise ValueError(f"sensors not in the training frame: {missing}")
+            return list(self.sensors)
+        cand = [c for c in train.columns if c not in READING_KEYS and pd.api.types.is_numeric_dtype(train[c])]
+        chosen = [c for c in cand if train[c].notna().mean() >= 0.5]
+        if not chosen:
+            raise ValueError("no numeric sensor column with at least 50 % values in the training frame")
+        return chosen
+
+    def _split_lines(self, frame: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
+        """(line, row positions) per line, rows in frame order."""
+        return [(str(k), idx) for k, idx in _lines(frame).groupby(_lines(frame), sort=True).indices.items()]
+
+    def _raw(self, frame: pd.DataFrame) -> np.ndarray:
+        cols = [frame[s].to_numpy(dtype="float64") if s in frame.columns else np.full(len(frame), np.nan)
+                for s in self.sensors_]
+        return np.column_stack(cols) if cols else np.zeros((len(frame), 0))
+
+    def _line_features(self, raw_ctx: np.ndarray, n_out: int) -> np.ndarray:
+        return window_features(self.scaler_.transform(raw_ctx), n_out, self.window, self.ref_std_)
+
+    # ------------------------------------------------------------------------------------------ fit
+    def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None, shift_hours: float = 8.0,
+            exclude: np.ndarray | pd.Series | None = None) -> StationModel:
+        """Learn scaling, features, ensemble, calibration, threshold and data-quality limits (see module doc)."""
+        if train is None or len(train) == 0:
+            raise ValueError("empty training frame")
+        if not 0 < self.k <= self.n:
+            raise ValueError(f"need 0 < k <= n, got k={self.k}, n={self.n}")
+        self.sensors_ = self._choose_sensors(train)
+        self.history_ = int(max(self.window, 2 * self.min_stuck, 3 * self.window))
+        keep = np.ones(len(train), dtype=bool) if exclude is None else ~np.asarray(exclude, dtype=bool)
+        if len(keep) != len(train):
+            raise ValueError("exclude mask must have one entry per training row")
+        raw = self._raw(train)
+        times = _epoch_seconds(train.get("ts"), len(train))
+        lines = self._split_lines(train)
+
+        # rows usable as clean samples: not excluded and no excluded row inside their window
+        clean = np.zeros(len(train), dtype=bool)
+        fit_part = np.zeros(len(train), dtype=bool)
+        for _, idx in lines:
+            bad = (~keep[idx]).astype(float)
+            dirty = np.convolve(bad, np.ones(self.history_), mode="full")[: len(idx)] > 0
+            clean[idx] = ~dirty
+            cut = len(idx) if validation is not None else round(len(idx) * (1 - self.validation_fraction))
+            fit_part[idx[:cut]] = True
+        if validation is None and not (clean & ~fit_part).any():
+            raise ValueError("training frame too short to hold out validation rows")
+        fit_rows = clean & fit_part
+        if fit_rows.sum() < 10:
+            raise ValueError(f"only {int(fit_rows.sum())} clean training rows; need at least 10")
+
+        self.scaler_ = RobustScaler.fit(raw[fit_rows])
+        z = self.scaler_.transform(raw)
+        self.ref_std_ = reference_std([z[idx][fit_rows[idx]] for _, idx in lines], self.window)
+        F = np.empty((len(train), 4 * len(self.sensors_)))
+        for _, idx in lines:
+            F[idx] = window_features(z[idx], len(idx), self.window, self.ref_std_)
+        self.ensemble_ = FeatureEnsemble(self.members, self.random_state).fit(F[fit_rows])
+
+        dts = [np.diff(times[idx]) for _, idx in lines]
+        self.quality_ = QualityChecker.fit(self.sensors_, [raw[idx][fit_rows[idx]] for _, idx in lines],
+                                           np.concatenate(dts) if dts else np.zeros(0),
+                                           self.min_stuck, self.history_)
+        dt_all = np.concatenate(dts) if dts else np.zeros(0)
+        dt_all = dt_all[np.isfinite(dt_all) & (dt_all > 0)]
+        self.median_dt_ = float(np.median(dt_all)) if dt_all.size else float(self.seconds_per_row)
+
+        # held-out clean data: calibration of every member, then the alert-budget threshold
+        if validation is not None:
+            v_raw, v_times = self._raw(validation), _epoch_seconds(validation.get("ts"),
+                                                                    len(validation))
+            v_lines = self._split_lines(validation)
+            v_feats = [self._line_features(v_raw[idx], len(idx)) for _, idx in v_lines]
+            v_time = [v_times[idx] for _, idx in v_lines]
+        else:
+            held = clean & ~fit_part
+            v_feats = [F[idx][held[idx]] for _, idx in lines]
+            v_time = [times[idx][held[idx]] for _, idx in lines]
+        F_cal = np.concatenate(v_feats)
+        if len(F_cal) == 0:
+            raise ValueError("no clean validation rows")
+        self.ensemble_.calibrate(F_cal)
+        v_scores = [probability_to_score(self.ensemble_.probability(f)) for f in v_feats if len(f)]
+        hours = sum(self._span_hours(t) for t in v_time)
+        self.validation_hours_ = hours
+        allowed = self.alert_budget * hours / shift_hours
+        self.threshold_ = threshold_for_budget(v_scores, allowed, self.k, self.n, self.close_after)
+        self._set_bands()
+        self.metadata_ = {
+            "kind": "station_model", "cellwatch_version": __version__,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "stations": sorted(train["station"].astype(str).unique().tolist()) if "station" in train else [],
+            "recipes": sorted(train["recipe"].dropna().astype(str).unique().tolist()) if "recipe" in train else [],
+            "sensors": self.sensors_, "window": self.window, "history": self.history_, "k": self.k, "n": self.n,
+            "close_after": self.close_after, "alert_budget": self.alert_budget, "shift_hours": shift_hours,
+            "threshold": self.threshold_, "members": list(self.ensemble_.active_),
+            "train_rows": int(fit_rows.sum()), "validation_rows": len(F_cal),
+            "validation_hours": round(hours, 3), "allowed_false_incidents": round(allowed, 3),
+        }
+        return self
+
+    def _span_hours(self, t: np.ndarray) -> float:
+        if len(t) == 0:
+            return 0.0
+        if np.isfinite(t).all() and len(t) > 1:
+            return float((t[-1] - t[0] + self.median_dt_) / 3600.0)
+        return float(len(t) * self.seconds_per_row / 3600.0)
+
+    def _set_bands(self) -> None:
+        med, sc = self.scaler_.median_, self.scaler_.scale_
+        lo = np.maximum(med - 4 * sc, self.quality_.lower_)
+        hi = np.minimum(med + 4 * sc, self.quality_.upper_)
+        self.bands_ = pd.DataFrame({"sensor": self.sensors_, "lower": lo, "expected": med, "upper": hi,
+                                    "threshold": self.threshold_})
+
+    # ------------------------------------------------------------------------------------------ scoring
+    def new_state(self, recent: pd.DataFrame | None = None) -> WindowState:
+        """An empty state, or one rebuilt from the latest readings (only the last ``history_`` per line are kept)."""
+        self._check_fitted()
+        state = WindowState()
+        if recent is not None and len(recent):
+            raw = self._raw(recent)
+            times = _epoch_seconds(recent.get("ts"), len(recent))
+            for line, idx in self._split_lines(recent):
+                state.values[line] = raw[idx][-self.history_:].copy()
+                state.times[line] = times[idx][-self.history_:].copy()
+        return state
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "threshold_"):
+            raise RuntimeError("StationModel is not fitted; call fit() first")
+
+    def score(self, readings: pd.DataFrame, state: WindowState) -> pd.DataFrame:
+        """Score a batch (rows in time order per line); one output row per input row, same index. Updates ``state``."""
+        self._check_fitted()
+        n_rows = len(readings)
+        out = pd.DataFrame(index=readings.index)
+        if n_rows == 0:
+            for c, dt in zip(SCORE_COLUMNS, ("float64", "bool", "object", "object"), strict=True):
+                out[c] = pd.Series(dtype=dt)
+            return out
+        raw = self._raw(readings)
+        times = _epoch_seconds(readings.get("ts"), n_rows)
+        s = len(self.sensors_)
+        F = np.empty((n_rows, 4 * s))
+        issues = {k: np.zeros((n_rows, s), dtype=bool) for k in ("out_of_range", "missing", "stuck")}
+        gap = np.zeros(n_rows, dtype=bool)
+        dt_out = np.full(n_rows, np.nan)
+        for line, idx in self._split_lines(readings):
+            tail_v = state.values.get(line, np.zeros((0, s)))
+            tail_t = state.times.get(line, np.zeros(0))
+            ctx_v = np.concatenate([tail_v, raw[idx]], axis=0)
+            ctx_t = np.concatenate([tail_t, times[idx]])
+            F[idx] = self._line_features(ctx_v, len(idx))
+            dt = np.diff(ctx_t, prepend=np.nan)[-len(idx):]
+            checks = self.quality_.check(ctx_v, len(idx), dt)
+            for key in issues:
+                issues[key][idx] = checks[key]
+            gap[idx] = checks["gap"]
+            dt_out[idx] = dt
+            state.values[line] = ctx_v[-self.history_:].copy()
+            state.times[line] = ctx_t[-self.history_:].copy()
+        p = self.ensemble_.probability(F)
+        score = probability_to_score(p)
+        dq = issues["out_of_range"].any(axis=1) | issues["missing"].any(axis=1) | issues["stuck"].any(axis=1) | gap
+        process = score >= self.threshold_
+        is_anom = process | dq
+        score = np.where(dq, np.maximum(score, self.threshold_), score)
+        kind = np.where(dq, "data_quality", np.where(process, "process", "normal")).astype(object)
+        top = np.full(n_rows, None, dtype=object)
+        rows = np.flatnonzero(is_anom)
+        if rows.size:
+            Z = self.ensemble_._standardise(F[rows])
+            contrib = sensor_contributions(Z, s)
+            sub_issues = {k: v[rows] for k, v in issues.items()}
+            top[rows] = top_sensors_json(np.arange(rows.size), contrib, raw[rows], self.scaler_.median_,
+                                         self.sensors_, sub_issues, gap[rows], dt_out[rows], self.median_dt_)
+        out["anomaly_score"] = score
+        out["is_anomaly"] = is_anom
+        out["kind"] = kind
+        out["top_sensors"] = top
+        return out
+
+    # ------------------------------------------------------------------------------------------ PyOD vocabulary
+    def _as_frame(self, X) -> pd.DataFrame:
+        if isinstance(X, pd.DataFrame):
+            return X
+        X = np.atleast_2d(np.asarray(X, dtype="float64"))
+        return pd.DataFrame(X, columns=self.sensors_)
+
+    def decision_function(self, X) -> np.ndarray:
+        """Anomaly scores in [0, 1] of a whole frame (or array with the sensor columns), scored from a fresh state."""
+        self._check_fitted()
+        return self.score(self._as_frame(X), self.new_state())["anomaly_score"].to_numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """1 for an anomalous row (process or data quality), 0 otherwise."""
+        self._check_fitted()
+        return self.score(self._as_frame(X), self.new_state())["is_anomaly"].to_numpy().astype(int)
+
+    @property
+    def feature_names_(self) -> list[str]:
+        return feature_names(self.sensors_)
+
+    def metadata_json(self) -> str:
+        self._check_fitted()
+        return json.dumps(self.metadata_, indent=2, sort_keys=True)
