@@ -101,7 +101,7 @@ def test_recipe_and_tags_round_trip_through_the_encoder():
     (reading(values=[1, 2]), Reason.WRONG_TYPE, "values"),
     (reading(values={"a": "high"}), Reason.WRONG_TYPE, "values.a"),
     (reading(values={"a": True}), Reason.WRONG_TYPE, "values.a"),
-    (reading(values={"a": None}), Reason.WRONG_TYPE, "values.a"),
+    (reading(values={"a": {"b": 1}}), Reason.WRONG_TYPE, "values.a"),
     (reading(tags={"coil": 5}), Reason.WRONG_TYPE, "tags"),
     (reading(recipe=5), Reason.WRONG_TYPE, "recipe"),
     (b'{"schema":1,"ts":"' + TS.encode() + b'","line":"L1","station":"s","seq":1,"values":{"a":NaN}}',
@@ -185,3 +185,43 @@ def test_any_bytes_are_either_valid_or_rejected_with_a_reason(payloads):
     assert all(isinstance(r.reason, Reason) and r.detail for r in rejects)
     values = frame[sensor_columns(frame)].to_numpy(dtype=float)
     assert not np.isinf(values).any()
+
+
+def test_null_sensor_values_count_as_not_sent():
+    frame, rejects = validate_readings([orjson.dumps(reading(values={"a": None, "b": 2.0}))], now=NOW)
+    assert rejects == [] and "a" not in frame.columns and frame["b"].tolist() == [2.0]
+
+
+def _random_valid_batch(rng: np.random.Generator, n: int) -> list[bytes]:
+    out = []
+    for i in range(n):
+        station = ["coating", "winding", "eol"][i % 3]
+        values = {f"{station}_{j}": float(rng.normal()) for j in range(int(rng.integers(0, 5)))}
+        if rng.random() < 0.2:
+            values["count_sensor"] = int(rng.integers(0, 100))
+        if rng.random() < 0.1:
+            values["maybe"] = None
+        tags = {"coil_id": f"C{i}", "z": None} if rng.random() < 0.5 else ({} if rng.random() < 0.5 else None)
+        out.append(encode_reading(NOW - timedelta(seconds=n - i), "L1" if i % 2 else "L2", station,
+                                  None if station == "coating" else f"cell-{i}", i, values,
+                                  recipe=None if rng.random() < 0.3 else "NMC811", tags=tags))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fast_and_per_message_paths_agree(seed):
+    from cellwatch.contract import _fast_readings, _slow_readings, _utc
+
+    payloads = _random_valid_batch(np.random.default_rng(seed), 200)
+    fast = _fast_readings(payloads, _utc(NOW))
+    assert fast is not None, "a clean batch must take the Arrow path"
+    slow = _slow_readings(payloads, _utc(NOW))
+    assert fast[1] == slow[1] == []
+    pd.testing.assert_frame_equal(fast[0], slow[0])
+
+
+def test_one_bad_message_does_not_cost_the_others():
+    payloads = _random_valid_batch(np.random.default_rng(9), 50)
+    payloads[17] = b'{"schema": 1, "ts": "nonsense"}'
+    frame, rejects = validate_readings(payloads, now=NOW)
+    assert len(frame) == 49 and [r.index for r in rejects] == [17]
