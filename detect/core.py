@@ -1,0 +1,373 @@
+"""The pipeline core: a micro-batch of readings in, scores, incidents and defect predictions out. No I/O.
+
+The same :class:`LineScorer` runs offline (``cellwatch evaluate``, the demo) and online (the Kafka
+service), so what is measured offline is what runs online. Per batch it
+
+1. routes the readings per (station, recipe) to the station's anomaly detector (per-line window state);
+2. folds the scored readings into incidents (:class:`~cellwatch.detect.incidents.IncidentTracker`);
+3. keeps the recent scored readings of the electrode stations (the genealogy lots' anomaly aggregates)
+   and one feature row per open cell;
+4. emits one defect prediction per cell reading at a cell station (winding .. aging), all cells of the
+   batch in one LightGBM call. An ``eol`` reading closes the cell (the EOL test is the label source).
+
+State lives in :class:`ScoringState`; :meth:`LineScorer.warm_up` rebuilds it after a restart from the
+readings read back from the store, after which :meth:`LineScorer.process` gives the same output as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+import pandas as pd
+from cellwatch.detect.cell_features import (
+    FEATURE_NAMES,
+    FEATURE_STATIONS,
+    LOT_STATIONS,
+    OWN_FEATURES,
+    STAGE,
+    lot_features,
+    lots_of,
+    own_features,
+)
+from cellwatch.detect.defect import DefectModel
+from cellwatch.detect.incidents import IncidentTracker
+from cellwatch.detect.registry import ModelRegistry, RegistryError
+from cellwatch.ingest.schema import TABLE
+
+from cellwatch.stations import station, units
+
+SCORE_COLUMNS = [c for c in TABLE["scores"].column_names if c != "scored_at"]
+INCIDENT_COLUMNS = TABLE["incidents"].column_names
+PREDICTION_COLUMNS = TABLE["cell_predictions"].column_names
+BAND_COLUMNS = TABLE["sensor_bands"].column_names
+ANY = "*"
+
+
+@dataclass
+class StationModels:
+    """The ``stations`` artefact: one fitted StationModel per (station, recipe); recipe ``*`` = any recipe."""
+
+    models: dict[tuple[str, str], object]
+    incident_k: int = 3
+    incident_n: int = 5
+    close_after: int = 10
+
+    def model_for(self, station_name: str, recipe: str | None) -> tuple[tuple[str, str], object] | None:
+        key = (station_name, recipe if recipe is not None else ANY)
+        if key in self.models:
+            return key, self.models[key]
+        key = (station_name, ANY)
+        return (key, self.models[key]) if key in self.models else None
+
+    @property
+    def stations(self) -> list[str]:
+        return sorted({s for s, _ in self.models})
+
+    @property
+    def history(self) -> int:
+        return max((int(m.history_) for m in self.models.values()), default=0)
+
+
+@dataclass
+class ScoringState:
+    """Everything a LineScorer carries between micro-batches (one per consumer / partition set)."""
+
+    model_states: dict[tuple[str, str], object] = field(default_factory=dict)
+    tracker: IncidentTracker | None = None
+    #: per electrode station: recent scored readings of every line (lot aggregates)
+    buffers: dict[str, pd.DataFrame] = field(default_factory=dict)
+    #: readings seen per (line, station): the stream position of the next reading
+    positions: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: one row per open cell: line, lots ("|"-joined), last_ts, arrival, then OWN_FEATURES
+    cells: pd.DataFrame = field(default_factory=lambda: _empty_cells())
+    arrivals: int = 0
+
+
+def _empty_cells() -> pd.DataFrame:
+    frame = pd.DataFrame(columns=["line", "lots", "last_ts", "arrival", *OWN_FEATURES])
+    frame.index.name = "cell_id"
+    return frame.astype({c: "float64" for c in OWN_FEATURES} | {"arrival": "int64"})
+
+
+@dataclass
+class BatchResult:
+    scores: pd.DataFrame       #: TABLE["scores"] columns except scored_at; one row per input reading
+    incidents: pd.DataFrame    #: TABLE["incidents"] columns; incidents opened/updated/closed by the batch
+    predictions: pd.DataFrame  #: TABLE["cell_predictions"] columns; one row per (cell, station) event
+    #: the defect-model feature rows behind the predictions (cell_id, station, line, ts + FEATURE_NAMES)
+    features: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+class LineScorer:
+    """Pure scoring core: station detectors + incidents + per-cell defect predictions with genealogy."""
+
+    def __init__(self, stations: StationModels, defect: DefectModel | None, model_version: str,
+                 lot_memory: int = 3000, max_open_cells: int = 200_000, explain_top: int = 5):
+        self.stations = stations
+        self.defect = defect
+        self.model_version = model_version
+        self.lot_memory = int(lot_memory)
+        self.max_open_cells = int(max_open_cells)
+        self.explain_top = explain_top
+        #: readings per (line, station) the service must read back for warm_up
+        self.history = max(stations.history, self.lot_memory + 1)
+        self._buffer_keep = 2 * self.lot_memory + 1
+
+    # ------------------------------------------------------------------------------------------ state
+    def new_state(self) -> ScoringState:
+        return ScoringState(model_states={k: m.new_state() for k, m in self.stations.models.items()},
+                            tracker=self._new_tracker())
+
+    def _new_tracker(self) -> IncidentTracker:
+        s = self.stations
+        return IncidentTracker(k=s.incident_k, n=s.incident_n, close_after=s.close_after)
+
+    def accepts(self, readings: pd.DataFrame) -> np.ndarray:
+        """Boolean mask of the readings a station model exists for (others make :meth:`process` raise)."""
+        known = set(self.stations.stations)
+        return readings["station"].astype(str).isin(known).to_numpy()
+
+    # ------------------------------------------------------------------------------------------ process
+    def process(self, readings: pd.DataFrame, state: ScoringState) -> BatchResult:
+        """Score one micro-batch (the contract's wide frame, arrival order); updates ``state``."""
+        return self._process(readings, state, emit=True)
+
+    def warm_up(self, history: pd.DataFrame, open_incidents: pd.DataFrame, state: ScoringState) -> None:
+        """Rebuild ``state`` from readings read back from the store and the open incidents; no output.
+
+        ``history``: the last :attr:`history` readings per (line, station) before the first re-consumed
+        one, plus the readings of the cells not yet closed (duplicates are dropped; order by ``ts``).
+        """
+        fresh = self.new_state()
+        state.__dict__.update(fresh.__dict__)
+        if history is not None and len(history):
+            h = history.drop_duplicates(subset=["line", "station", "seq"], keep="last")
+            h = h.assign(_t=pd.to_datetime(h["ts"], utc=True)).sort_values(["_t", "line", "station", "seq"],
+                                                                             kind="stable").drop(columns="_t")
+            result = self._process(h, state, emit=False)
+            recent = result.scores
+        else:
+            recent = pd.DataFrame(columns=SCORE_COLUMNS)
+        state.tracker = self._new_tracker()
+        state.tracker.restore(open_incidents if open_incidents is not None else pd.DataFrame(columns=INCIDENT_COLUMNS),
+                              recent)
+
+    def _process(self, readings: pd.DataFrame, state: ScoringState, emit: bool) -> BatchResult:
+        missing = [c for c in ("ts", "line", "station", "cell_id", "seq") if c not in readings.columns]
+        if missing:
+            raise ValueError(f"readings lack columns {missing}")
+        r = readings.reset_index(drop=True)
+        if "recipe" not in r:
+            r = r.assign(recipe=None)
+        if "tags" not in r:
+            r = r.assign(tags=None)
+        r = r.assign(ts=pd.to_datetime(r["ts"], utc=True), line=r["line"].astype(str),
+                     station=r["station"].astype(str))
+        if r.empty:
+            return BatchResult(pd.DataFrame(columns=SCORE_COLUMNS), pd.DataFrame(columns=INCIDENT_COLUMNS),
+                               pd.DataFrame(columns=PREDICTION_COLUMNS), pd.DataFrame(columns=FEATURE_NAMES))
+        scored = self._score(r, state)
+        incidents = state.tracker.update(scored)
+        if not incidents.empty:
+            incidents = incidents.assign(model_version=self.model_version)
+        arrival = state.arrivals + np.arange(len(r), dtype="int64")
+        state.arrivals += len(r)
+        self._update_buffers(r, scored, state)
+        features = self._cell_events(r, scored, arrival, state)
+        predictions = self._predict(features) if emit else pd.DataFrame(columns=PREDICTION_COLUMNS)
+        self._trim(state)
+        return BatchResult(scored[SCORE_COLUMNS], incidents[INCIDENT_COLUMNS] if len(incidents) else
+                           pd.DataFrame(columns=INCIDENT_COLUMNS), predictions, features)
+
+    # ------------------------------------------------------------------------------------------ steps
+    def _score(self, r: pd.DataFrame, state: ScoringState) -> pd.DataFrame:
+        n = len(r)
+        score = np.zeros(n)
+        flag = np.zeros(n, dtype=bool)
+        kind = np.empty(n, dtype=object)
+        top = np.full(n, None, dtype=object)
+        recipe = r["recipe"].where(r["recipe"].notna(), None)
+        groups = pd.Series(np.arange(n)).groupby([r["station"], recipe.fillna(ANY)], sort=False).indices
+        unknown = []
+        for (st, rec), idx in groups.items():
+            found = self.stations.model_for(st, None if rec == ANY else rec)
+            if found is None:
+                unknown.append(st)
+                continue
+            key, model = found
+            if key not in state.model_states:
+                state.model_states[key] = model.new_state()
+            out = model.score(r.iloc[idx], state.model_states[key])
+            score[idx] = out["anomaly_score"].to_numpy(dtype="float64")
+            flag[idx] = out["is_anomaly"].to_numpy(dtype=bool)
+            kind[idx] = out["kind"].to_numpy(dtype=object)
+            top[idx] = out["top_sensors"].to_numpy(dtype=object)
+        if unknown:
+            raise ValueError(f"no station model for station(s) {sorted(set(unknown))}; known: "
+                             f"{', '.join(self.stations.stations)} (filter with LineScorer.accepts)")
+        return pd.DataFrame({
+            "line": r["line"], "station": r["station"], "seq": r["seq"].astype("int64"), "ts": r["ts"],
+            "cell_id": r["cell_id"], "recipe": r["recipe"], "anomaly_score": score, "is_anomaly": flag,
+            "kind": kind, "top_sensors": top, "model_version": self.model_version})
+
+    def _update_buffers(self, r: pd.DataFrame, scored: pd.DataFrame, state: ScoringState) -> None:
+        """Append the electrode stations' scored readings (with lots, stream positions, run starts)."""
+        for name in LOT_STATIONS:
+            sel = np.flatnonzero((r["station"] == name).to_numpy())
+            if sel.size == 0:
+                continue
+            sensors = [s for s in station(name).sensor_names]
+            sub = r.iloc[sel]
+            new = pd.DataFrame({"line": sub["line"].to_numpy(), "ts": sub["ts"].to_numpy(),
+                                "anomaly_score": scored["anomaly_score"].to_numpy()[sel],
+                                "is_anomaly": scored["is_anomaly"].to_numpy()[sel]})
+            for s in sensors:
+                new[s] = sub[s].to_numpy(dtype="float64") if s in sub else np.nan
+            new["lots"] = lots_of(sub["tags"])
+            old = state.buffers.get(name)
+            pos = np.empty(len(new), dtype="int64")
+            run_start = np.zeros(len(new), dtype=bool)
+            for line, idx in new.groupby("line", sort=False).indices.items():
+                start = state.positions.get((line, name), 0)
+                pos[idx] = start + np.arange(len(idx))
+                state.positions[(line, name)] = start + len(idx)
+                prev = False
+                if old is not None and len(old):
+                    last = old.loc[old["line"] == line]
+                    prev = bool(last["is_anomaly"].iloc[-1]) if len(last) else False
+                flags = new["is_anomaly"].to_numpy()[idx]
+                run_start[idx] = flags & ~np.r_[prev, flags[:-1]]
+            new["pos"] = pos
+            new["run_start"] = run_start
+            state.buffers[name] = new if old is None or old.empty else pd.concat([old, new], ignore_index=True)
+
+    def _cell_events(self, r: pd.DataFrame, scored: pd.DataFrame, arrival: np.ndarray,
+                     state: ScoringState) -> pd.DataFrame:
+        """Feature rows of this batch's cell events; updates the open cells."""
+        cell = r["cell_id"]
+        is_event = (r["station"].isin(FEATURE_STATIONS) & cell.notna()).to_numpy()
+        is_eol = ((r["station"] == "eol") & cell.notna()).to_numpy()
+        feats = pd.DataFrame(columns=["cell_id", "station", "line", "ts", *FEATURE_NAMES])
+        if is_event.any():
+            ev_idx = np.flatnonzero(is_event)
+            ev = r.iloc[ev_idx].assign(anomaly_score=scored["anomaly_score"].to_numpy()[ev_idx],
+                                       is_anomaly=scored["is_anomaly"].to_numpy()[ev_idx])
+            ev = ev.reset_index(drop=True)
+            ev["cell_id"] = ev["cell_id"].astype(str)
+            ev["arrival"] = arrival[ev_idx]
+            own = own_features(ev)
+            ev_lots = ["|".join(x) for x in lots_of(ev["tags"])]
+            # accumulate: stored cell rows first, then this batch's events in arrival order
+            stored = state.cells.loc[state.cells.index.intersection(ev["cell_id"].unique())]
+            acc = pd.concat([
+                pd.DataFrame({"cell_id": stored.index.to_numpy(), "order": -1, "lots": stored["lots"].to_numpy()}
+                             ).join(stored[OWN_FEATURES].reset_index(drop=True)),
+                pd.DataFrame({"cell_id": ev["cell_id"].to_numpy(), "order": np.arange(len(ev)), "lots": ev_lots}
+                             ).join(own.reset_index(drop=True)),
+            ], ignore_index=True)
+            acc = acc.sort_values(["cell_id", "order"], kind="stable")
+            acc[OWN_FEATURES] = acc.groupby("cell_id", sort=False)[OWN_FEATURES].ffill()
+            acc["lots"] = acc.groupby("cell_id", sort=False)["lots"].transform(_cumulative_lots)
+            rows = acc.loc[acc["order"] >= 0].set_index("order").sort_index()
+            event_lots = (rows["lots"].str.split("|").explode().rename("lot").reset_index()
+                          .rename(columns={"order": "event"}))
+            event_lots = event_lots.loc[event_lots["lot"].astype(bool)]
+            lotf = lot_features(ev[["line", "ts"]], event_lots, state.buffers, self.lot_memory)
+            feats = pd.concat([
+                ev[["cell_id", "station", "line", "ts"]],
+                pd.DataFrame({"stage": ev["station"].map(STAGE).to_numpy(dtype="float64")}),
+                rows[OWN_FEATURES].reset_index(drop=True), lotf.reset_index(drop=True)], axis=1)
+            # the open cells' new state: their last accumulated row
+            last = rows.assign(cell_id=ev["cell_id"].to_numpy(), line=ev["line"].to_numpy(),
+                               last_ts=ev["ts"].to_numpy(), arrival=ev["arrival"].to_numpy())
+            last = last.drop_duplicates("cell_id", keep="last").set_index("cell_id")
+            last = last[["line", "lots", "last_ts", "arrival", *OWN_FEATURES]]
+            cells = state.cells.drop(index=state.cells.index.intersection(last.index))
+            state.cells = last if cells.empty else pd.concat([cells, last])
+        if is_eol.any():
+            closed = pd.Index(r["cell_id"].to_numpy()[is_eol].astype(str))
+            state.cells = state.cells.drop(index=state.cells.index.intersection(closed))
+        return feats
+
+    def _predict(self, feats: pd.DataFrame) -> pd.DataFrame:
+        if feats.empty or self.defect is None:
+            return pd.DataFrame(columns=PREDICTION_COLUMNS)
+        X = feats[FEATURE_NAMES]
+        proba = self.defect.predict_proba(X)
+        flagged = proba >= self.defect.threshold_
+        types = np.full(len(X), None, dtype=object)
+        if flagged.any():
+            types[flagged] = self.defect.predict_type(X.loc[flagged])
+        top = [orjson.dumps(t).decode() for t in self.defect.explain(X, self.explain_top)]
+        return pd.DataFrame({
+            "cell_id": feats["cell_id"].to_numpy(), "station": feats["station"].to_numpy(),
+            "line": feats["line"].to_numpy(), "ts": feats["ts"].to_numpy(), "defect_probability": proba,
+            "predicted_defect": flagged, "predicted_type": types, "top_features": top,
+            "model_version": self.model_version})[PREDICTION_COLUMNS]
+
+    def _trim(self, state: ScoringState) -> None:
+        for name, buf in state.buffers.items():
+            if len(buf) > self._buffer_keep:
+                newest = buf.groupby("line", sort=False)["pos"].transform("max")
+                keep = buf["pos"].to_numpy() > newest.to_numpy() - self._buffer_keep
+                if not keep.all():
+                    state.buffers[name] = buf.loc[keep].reset_index(drop=True)
+        if len(state.cells) > self.max_open_cells:
+            state.cells = state.cells.sort_values("arrival", kind="stable").iloc[-self.max_open_cells:]
+
+    # ------------------------------------------------------------------------------------------ bands
+    def bands(self) -> pd.DataFrame:
+        """TABLE["sensor_bands"] rows (expected value and band per sensor) for the dashboards."""
+        unit = units()
+        frames = []
+        for (st, rec), model in sorted(self.stations.models.items()):
+            b = model.bands_.copy()
+            b["model_version"] = self.model_version
+            b["line"] = ANY
+            b["station"] = st
+            b["recipe"] = rec
+            b["unit"] = b["sensor"].map(unit)
+            frames.append(b)
+        if not frames:
+            return pd.DataFrame(columns=BAND_COLUMNS)
+        return pd.concat(frames, ignore_index=True)[BAND_COLUMNS]
+
+
+def _cumulative_lots(s: pd.Series) -> pd.Series:
+    """Running union of '|'-joined lot lists within one cell (sorted, so the result is order-free)."""
+    seen: set[str] = set()
+    out = []
+    for v in s.tolist():
+        if isinstance(v, str) and v:
+            seen.update(v.split("|"))
+        out.append("|".join(sorted(seen)))
+    return pd.Series(out, index=s.index)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+STATIONS_MODEL = "stations"
+DEFECT_MODEL = "defect"
+
+
+def load_scorer(models_dir: str | os.PathLike, **kwargs) -> LineScorer:
+    """The LineScorer of the production versions in the registry (the defect model is optional)."""
+    reg = ModelRegistry(models_dir)
+    stations, smeta = reg.load(STATIONS_MODEL)
+    version = f"{STATIONS_MODEL}@{smeta['version']}"
+    defect = None
+    if DEFECT_MODEL in reg.names() and reg.production(DEFECT_MODEL) is not None:
+        defect, dmeta = reg.load(DEFECT_MODEL)
+        version += f"+{DEFECT_MODEL}@{dmeta['version']}"
+    if not isinstance(stations, StationModels):
+        raise RegistryError(f"{STATIONS_MODEL} artefact is a {type(stations).__name__}, not StationModels")
+    lot_memory = kwargs.pop("lot_memory", smeta.get("lot_memory", 3000))
+    return LineScorer(stations, defect, version, lot_memory=lot_memory, **kwargs)
+
+
+def production_fingerprint(models_dir: str | os.PathLike) -> str:
+    """Cheap; changes whenever a production pointer changes (promote / rollback) — for hot reload."""
+    return ModelRegistry(models_dir).fingerprint()
