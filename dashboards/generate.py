@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from cellwatch.dashboards import alerting, cell, health, overview, station
 from cellwatch.dashboards.builders import DATASOURCE_TYPE, DATASOURCE_UID, FOLDER_TITLE
 
@@ -60,8 +59,9 @@ def dashboards_provisioning() -> Dict:
         "options": {"path": CONTAINER_DASHBOARD_DIR, "foldersFromFilesStructure": False}}]}
 
 
-def alerting_provisioning(settings: alerting.AlertSettings = alerting.AlertSettings()) -> Dict:
+def alerting_provisioning(settings: alerting.AlertSettings | None = None) -> Dict:
     """Rules, contact point, policy tree and mute timing in Grafana's alerting file-provisioning format."""
+    settings = settings or alerting.AlertSettings()
     rules = [{k: v for k, v in r.items() if k not in ("orgID", "folderUID", "ruleGroup")}
              for r in alerting.alert_rules(settings)]
     cp = alerting.contact_point(f"$__env{{{alerting.WEBHOOK_URL_ENV}}}")
