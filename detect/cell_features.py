@@ -2,13 +2,14 @@
 
 A cell's feature row after station *k* (its **stage**) holds:
 
-* ``{station}.{sensor}``, ``{station}.anomaly_score`` and ``{station}.is_anomaly`` for every cell station it
+* ``{station}.{sensor}`` (robust z against the station model of the reading's recipe, so a feature means
+  the same for every product), ``{station}.anomaly_score`` and ``{station}.is_anomaly`` for every cell station it
   has passed (winding, filling, formation, aging; later stations are NaN — LightGBM routes them natively;
   ``eol`` is never a feature, it is the label source);
 * for each electrode station (mixing, coating, calendering, slitting), aggregates over the readings of the
   material lots the cell was made from: ``{station}.lot_readings``, ``.lot_max_score``, ``.lot_mean_score``,
   ``.lot_anomalous`` (count), ``.lot_anomaly_rate``, ``.lot_runs`` (anomalous runs, an incident proxy) and
-  ``.lot_mean|lot_min|lot_max.{sensor}``.
+  ``.lot_mean|lot_min|lot_max.{sensor}`` (robust z as well).
 
 Lots are the genealogy tag values (``coil_id``, ``daughter_roll_id``, ``slurry_batch_id`` ...; numeric tag
 values such as a web position are not lots). The cell's own readings name its lots (e.g. its anode and

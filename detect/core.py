@@ -38,6 +38,7 @@ from cellwatch.detect.incidents import IncidentTracker
 from cellwatch.detect.registry import ModelRegistry, RegistryError
 from cellwatch.ingest.schema import TABLE
 
+from cellwatch.contract import READING_KEYS
 from cellwatch.stations import station, units
 
 SCORE_COLUMNS = [c for c in TABLE["scores"].column_names if c != "scored_at"]
@@ -170,22 +171,30 @@ class LineScorer:
         if r.empty:
             return BatchResult(pd.DataFrame(columns=SCORE_COLUMNS), pd.DataFrame(columns=INCIDENT_COLUMNS),
                                pd.DataFrame(columns=PREDICTION_COLUMNS), pd.DataFrame(columns=FEATURE_NAMES))
-        scored = self._score(r, state)
+        scored, z = self._score(r, state)
+        zr = pd.concat([r[["ts", "line", "station", "cell_id", "tags"]], z], axis=1)
         incidents = state.tracker.update(scored)
         if not incidents.empty:
             incidents = incidents.assign(model_version=self.model_version)
         arrival = state.arrivals + np.arange(len(r), dtype="int64")
         state.arrivals += len(r)
-        self._update_buffers(r, scored, state)
-        features = self._cell_events(r, scored, arrival, state)
+        self._update_buffers(zr, scored, state)
+        features = self._cell_events(zr, scored, arrival, state)
         predictions = self._predict(features) if emit else pd.DataFrame(columns=PREDICTION_COLUMNS)
         self._trim(state)
         return BatchResult(scored[SCORE_COLUMNS], incidents[INCIDENT_COLUMNS] if len(incidents) else
                            pd.DataFrame(columns=INCIDENT_COLUMNS), predictions, features)
 
     # ------------------------------------------------------------------------------------------ steps
-    def _score(self, r: pd.DataFrame, state: ScoringState) -> pd.DataFrame:
+    def _score(self, r: pd.DataFrame, state: ScoringState) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Scores per reading and the readings' sensors as robust z values against their station model.
+
+        The z values (``(x - median) / scale`` of the model of the reading's station and recipe) are what the
+        cell features use, so a feature means the same for every recipe.
+        """
         n = len(r)
+        z = pd.DataFrame(np.nan, index=r.index, columns=[c for c in r.columns if c not in READING_KEYS],
+                         dtype="float64")
         score = np.zeros(n)
         flag = np.zeros(n, dtype=bool)
         kind = np.empty(n, dtype=object)
@@ -206,16 +215,23 @@ class LineScorer:
             flag[idx] = out["is_anomaly"].to_numpy(dtype=bool)
             kind[idx] = out["kind"].to_numpy(dtype=object)
             top[idx] = out["top_sensors"].to_numpy(dtype=object)
+            sensors = [c for c in model.sensors_ if c in z.columns]
+            if sensors:
+                pos = [model.sensors_.index(c) for c in sensors]
+                raw = r.iloc[idx][sensors].to_numpy(dtype="float64")
+                z.iloc[idx, [z.columns.get_loc(c) for c in sensors]] = (
+                    (raw - model.scaler_.median_[pos]) / model.scaler_.scale_[pos])
         if unknown:
             raise ValueError(f"no station model for station(s) {sorted(set(unknown))}; known: "
                              f"{', '.join(self.stations.stations)} (filter with LineScorer.accepts)")
-        return pd.DataFrame({
+        scored = pd.DataFrame({
             "line": r["line"], "station": r["station"], "seq": r["seq"].astype("int64"), "ts": r["ts"],
             "cell_id": r["cell_id"], "recipe": r["recipe"], "anomaly_score": score, "is_anomaly": flag,
             "kind": kind, "top_sensors": top, "model_version": self.model_version})
+        return scored, z
 
     def _update_buffers(self, r: pd.DataFrame, scored: pd.DataFrame, state: ScoringState) -> None:
-        """Append the electrode stations' scored readings (with lots, stream positions, run starts)."""
+        """Append the electrode stations' scored readings (z values, lots, stream positions, run starts)."""
         for name in LOT_STATIONS:
             sel = np.flatnonzero((r["station"] == name).to_numpy())
             if sel.size == 0:
