@@ -18,6 +18,7 @@ from cellwatch.errors import CellwatchError
 #: Modules that add subcommands, in the order they appear in ``cellwatch --help``.
 COMMAND_MODULES = (
     "cellwatch.simulators.cli",
+    "cellwatch.ingest.cli",
 )
 
 DESCRIPTION = """\

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+from cellwatch.ingest.schema import SCHEMA_VERSION, TABLE, create_statements
 
 from cellwatch.contract import READING_KEYS
 from cellwatch.errors import CellwatchError, ServiceUnavailable
-from cellwatch.ingest.schema import SCHEMA_VERSION, TABLE, create_statements
 from cellwatch.logs import redact
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,8 @@ class Store(ABC):
         m = self._mark
         marks = ", ".join([m] * len(lines))
         sql = (f"SELECT r.* FROM readings r WHERE r.line IN ({marks}) AND r.cell_id IS NOT NULL "
-               f"AND NOT EXISTS (SELECT 1 FROM cells c WHERE c.cell_id = r.cell_id AND c.closed)")
+               f"AND NOT EXISTS (SELECT 1 FROM cells c WHERE c.cell_id = r.cell_id AND c.closed) "
+               f"AND NOT EXISTS (SELECT 1 FROM readings e WHERE e.cell_id = r.cell_id AND e.station = 'eol')")
         params: list[Any] = list(lines)
         if before is not None:
             sql += f" AND r.ts < {m}"

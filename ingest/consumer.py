@@ -1,0 +1,307 @@
+"""``cellwatch run``: the consumer loop - poll, process, write, publish, commit.
+
+At-least-once with idempotent sinks, so every reading's result is in the store exactly once:
+
+1. poll a micro-batch (up to ``batch_max_records`` records or ``batch_max_ms``) from
+   ``cellwatch.readings`` and ``cellwatch.cell-results`` (consumer group, auto-commit off);
+2. decode + validate, score (:mod:`cellwatch.ingest.pipeline`);
+3. write every table in ONE database transaction (upserts on natural keys);
+4. publish dead letters and results, wait for every acknowledgement (idempotent producer, acks=all);
+5. only then commit the batch's offsets.
+
+A crash anywhere before 5 replays the batch; the upserts make the replay harmless. When the database is
+unreachable the loop pauses its partitions and keeps polling (so the member stays in the group), retries
+with exponential backoff, commits nothing, and resumes with the batch it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from cellwatch.ingest.kafka_out import OutputError, OutputProducer
+from cellwatch.ingest.metrics import Metrics
+from cellwatch.ingest.models import ModelWatcher
+from cellwatch.ingest.pipeline import BatchOutput, Decoded, Message, decode, process
+from cellwatch.ingest.state import WindowState
+from cellwatch.ingest.store import Store, StoreUnavailable, open_store
+
+from cellwatch.config import Settings
+from cellwatch.errors import CellwatchError
+from cellwatch.logs import redact
+
+log = logging.getLogger(__name__)
+
+
+class _Rebalance:
+    """ConsumerRebalanceListener: streams of revoked or newly assigned partitions become cold."""
+
+    def __init__(self, service: StreamService) -> None:
+        self.service = service
+
+    def on_partitions_revoked(self, revoked) -> None:
+        if revoked:
+            log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+        self.service.window.forget(tp.partition for tp in revoked if tp.topic == self.service.settings.topic_readings)
+        for tp in revoked:
+            self.service.owned.discard(tp)
+
+    def on_partitions_assigned(self, assigned) -> None:
+        if assigned:
+            log.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        self.service.window.forget(tp.partition for tp in assigned
+                                   if tp.topic == self.service.settings.topic_readings)
+        self.service.owned.update(assigned)
+        if self.service.paused:
+            self.service.consumer.pause(*assigned)
+
+
+class StreamService:
+    """The long-running consumer. ``run()`` until ``stop()`` (or SIGTERM/SIGINT via :meth:`install_signals`)."""
+
+    def __init__(self, settings: Settings, store: Store | None = None, watcher: ModelWatcher | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.store = store or open_store(settings.database_dsn(), schema=settings.database_schema)
+        self.watcher = watcher or ModelWatcher(settings.models_dir, settings.model_check_s)
+        self._stop = threading.Event()
+        self.consumer: Any = None
+        self.producer: OutputProducer | None = None
+        self.window: WindowState | None = None
+        self.owned: set = set()
+        self.paused = False
+        self.pending: dict[str, pd.DataFrame] = {}  # rows that ride with the next write (stats, model rows)
+        self.totals: dict[str, int] = defaultdict(int)
+        self._store_ok = True
+
+    # ----------------------------------------------------------------------------------------- lifecycle
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def _retry_store(self, what: str, fn) -> Any:
+        """Call ``fn()`` until the store answers (exponential backoff), keeping the group membership."""
+        delay = self.settings.db_retry_initial_s
+        while True:
+            try:
+                out = fn()
+                if not self._store_ok:
+                    log.warning("store reachable again; %s done", what)
+                self.metrics.store_up.set(1)
+                self._store_ok = True
+                return out
+            except StoreUnavailable as exc:
+                self.metrics.store_up.set(0)
+                self._store_ok = False
+                self.metrics.store_retries.inc()
+                log.error("store unavailable during %s; not consuming, nothing committed; retry in %.1fs: %s",
+                          what, delay, exc)
+                self._idle(delay)
+                if self._stop.is_set():
+                    raise
+                delay = min(delay * 2, self.settings.db_retry_max_s)
+
+    def _idle(self, seconds: float) -> None:
+        """Wait without consuming: partitions paused, polls of zero records keep the member alive."""
+        if self.consumer is None:
+            self._stop.wait(seconds)
+            return
+        self.paused = True
+        self.consumer.pause(*self.consumer.assignment())
+        end = time.monotonic() + seconds
+        while not self._stop.is_set() and time.monotonic() < end:
+            got = self.consumer.poll(timeout_ms=int(min(500, max(1, (end - time.monotonic()) * 1000))))
+            if any(got.values()):  # cannot happen while paused; never drop records silently
+                raise RuntimeError("records received while paused")
+        self.consumer.resume(*self.consumer.assignment())
+        self.paused = False
+
+    def start(self) -> None:
+        from kafka import KafkaConsumer
+
+        s = self.settings
+        log.info("starting: kafka=%s group=%s store=%s models=%s", s.kafka, s.group_id,
+                 redact(s.database_url), s.models_dir)
+        self._retry_store("schema migration", self.store.migrate)
+        scorer = self.watcher.load_initial()
+        self.window = WindowState(scorer)
+        self.metrics.model.info({"version": scorer.model_version})
+        self.pending.update(self.watcher.version_rows())
+        self.metrics.serve(s.metrics_port)
+        try:
+            self.producer = OutputProducer(s)
+            self.consumer = KafkaConsumer(
+                bootstrap_servers=s.bootstrap_servers(), group_id=s.group_id, enable_auto_commit=False,
+                auto_offset_reset=s.auto_offset_reset, max_poll_records=s.batch_max_records,
+                max_poll_interval_ms=s.max_poll_interval_ms, session_timeout_ms=s.session_timeout_ms,
+                heartbeat_interval_ms=s.heartbeat_interval_ms, client_id=f"cellwatch-{s.worker_id}",
+                **s.kafka_security())
+        except Exception as exc:
+            from kafka.errors import KafkaError
+            if isinstance(exc, KafkaError):
+                raise CellwatchError(f"Kafka at {s.kafka} unreachable: {exc}") from None
+            raise
+        self.consumer.subscribe([s.topic_readings, s.topic_cell_results], listener=_Rebalance(self))
+
+    def close(self) -> None:
+        for thing, closer in ((self.consumer, "close"), (self.producer, "close"), (self.store, "close")):
+            if thing is not None:
+                try:
+                    getattr(thing, closer)()
+                except Exception as exc:
+                    log.warning("closing %s: %s", type(thing).__name__, exc)
+
+    # ----------------------------------------------------------------------------------------- the loop
+    def run(self) -> dict[str, int]:
+        """Consume until stopped; returns the totals."""
+        if self.consumer is None:
+            self.start()
+        log.info("consuming %s and %s", self.settings.topic_readings, self.settings.topic_cell_results)
+        try:
+            while not self._stop.is_set():
+                self._maybe_switch_model()
+                messages = self._poll_batch()
+                if not messages:
+                    if self.pending:
+                        self._retry_store("writing pending rows", lambda: self._write({}))
+                    self._update_lag()
+                    continue
+                self._handle(messages)
+        except StoreUnavailable:
+            log.warning("stopped while the store was unavailable; uncommitted batch will be replayed")
+        finally:
+            log.info("stopping: %s", dict(self.totals))
+            self.close()
+        return dict(self.totals)
+
+    def _poll_batch(self) -> list[Message]:
+        s = self.settings
+        out: list[Message] = []
+        end = time.monotonic() + s.batch_max_ms / 1000
+        while not self._stop.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            got = self.consumer.poll(timeout_ms=max(1, int(left * 1000)), max_records=s.batch_max_records - len(out))
+            for records in got.values():
+                out.extend(Message(r.topic, r.partition, r.offset, r.value, r.key, r.timestamp) for r in records)
+            if len(out) >= s.batch_max_records:
+                break
+        return out
+
+    def _handle(self, messages: list[Message]) -> None:
+        s = self.settings
+        t0 = time.perf_counter()
+        decoded: Decoded = decode(messages, s.topic_readings, s.topic_cell_results)
+        out: BatchOutput = process(decoded, self.window, self.store, len(messages))
+        tables = dict(out.tables)
+        self._retry_store("batch write", lambda: self._write(tables))
+        while True:  # the store holds the batch; now every output message must be acknowledged
+            try:
+                self.producer.publish(out, decoded.dead_keys)
+                self.producer.flush()
+                break
+            except (OutputError, Exception) as exc:
+                self.producer.discard()
+                log.error("publishing the batch failed, retrying in 2s (offsets not committed): %s", exc)
+                self._idle(2.0)
+                if self._stop.is_set():
+                    return
+        self._commit(messages)
+        done = time.time()
+        self._account(out, messages, t0, done)
+
+    def _write(self, tables: dict[str, pd.DataFrame]) -> None:
+        merged = {**tables, **self.pending}
+        self.store.write(merged)
+        self.pending = {}
+
+    def _commit(self, messages: list[Message]) -> None:
+        from kafka import TopicPartition
+        from kafka.errors import CommitFailedError, KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        last: dict[TopicPartition, int] = {}
+        for m in messages:
+            tp = TopicPartition(m.topic, m.partition)
+            last[tp] = max(last.get(tp, -1), m.offset)
+        offsets = {tp: OffsetAndMetadata(o + 1, "", -1) for tp, o in last.items() if tp in self.owned}
+        lost = len(last) - len(offsets)
+        if lost:
+            log.warning("%d partition(s) of the batch were reassigned meanwhile; their new owner replays them "
+                        "(idempotent)", lost)
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            log.warning("offset commit failed (the batch is stored; it will be replayed idempotently): %s", exc)
+
+    def _account(self, out: BatchOutput, messages: list[Message], t0: float, done: float) -> None:
+        m = self.metrics
+        batch_s = time.perf_counter() - t0
+        m.consumed.inc(out.n_readings + out.n_rejected)
+        m.scored.inc(out.n_scored)
+        m.cell_results.inc(out.n_cell_results)
+        for reason, n in out.reject_reasons.items():
+            m.dead_letters.labels(reason=reason).inc(n)
+        m.batches.inc()
+        m.batch_seconds.observe(batch_s)
+        ts = out.kafka_ts_ms[out.kafka_ts_ms > 0]
+        e2e = (done * 1000 - ts) / 1000.0
+        m.observe_e2e(e2e)
+        max_lag = self._update_lag()
+        for k, v in (("messages", len(messages)), ("readings", out.n_readings), ("scored", out.n_scored),
+                     ("rejected", out.n_rejected), ("cell_results", out.n_cell_results),
+                     ("duplicates", out.n_duplicates), ("unscored", out.n_unscored), ("batches", 1)):
+            self.totals[k] += v
+        self.pending["pipeline_stats"] = pd.DataFrame([{
+            "worker": self.settings.worker_id, "batch_end": pd.Timestamp(datetime.fromtimestamp(done, UTC)),
+            "readings": out.n_readings, "scored": out.n_scored, "rejected": out.n_rejected,
+            "batch_ms": batch_s * 1000,
+            "e2e_p50_ms": float(np.percentile(e2e, 50) * 1000) if len(e2e) else None,
+            "e2e_p99_ms": float(np.percentile(e2e, 99) * 1000) if len(e2e) else None,
+            "max_lag": max_lag, "model_version": self.window.scorer.model_version}])
+        log.debug("batch: %d messages, %d scored, %d rejected, %.0f ms", len(messages), out.n_scored,
+                  out.n_rejected, batch_s * 1000)
+
+    def _update_lag(self) -> int:
+        worst = 0
+        for tp in list(self.owned):
+            try:
+                hw = self.consumer.highwater(tp)
+                pos = self.consumer.position(tp, timeout_ms=100) if hw is not None else None
+            except Exception:
+                continue
+            if hw is None or pos is None:
+                continue
+            lag = max(0, hw - pos)
+            self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+            worst = max(worst, lag)
+        return worst
+
+    def _maybe_switch_model(self) -> None:
+        scorer = self.watcher.poll()
+        if scorer is None:
+            return
+        self.window.switch(scorer)
+        self.metrics.model.info({"version": scorer.model_version})
+        self.pending.update(self.watcher.version_rows())
+
+
+def run_service(settings: Settings) -> dict[str, int]:
+    """``cellwatch run``: build the service from settings, handle signals, consume until stopped."""
+    service = StreamService(settings)
+    service.install_signals()
+    return service.run()
