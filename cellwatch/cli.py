@@ -19,6 +19,7 @@ from cellwatch.errors import CellwatchError
 COMMAND_MODULES = (
     "cellwatch.simulators.cli",
     "cellwatch.ingest.cli",
+    "cellwatch.dashboards.cli",
 )
 
 DESCRIPTION = """\
