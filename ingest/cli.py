@@ -48,7 +48,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    run = sub.add_parser("run", help="the streaming service: Kafka -> scoring -> PostgreSQL",
+    run = sub.add_parser("run", help="the streaming service: Kafka -> scoring -> PostgreSQL", allow_abbrev=False,
                          description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(run)
     run.set_defaults(func=_run)
