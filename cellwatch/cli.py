@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "cellwatch.simulators.cli",
     "cellwatch.ingest.cli",
     "cellwatch.dashboards.cli",
+    "cellwatch.detect.cli_tabular",
 )
 
 DESCRIPTION = """\

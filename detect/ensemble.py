@@ -30,12 +30,13 @@ _ECDF_GRID = np.linspace(0.0, 1.0, 257)
 class FeatureEnsemble:
     """PyOD-style detector on a feature matrix: ``fit``, ``calibrate``, ``member_probabilities``, ``probability``."""
 
-    def __init__(self, members: tuple[str, ...] = MEMBERS, random_state: int = 0):
+    def __init__(self, members: tuple[str, ...] = MEMBERS, random_state: int = 0, scale_floor: float = 0.1):
         unknown = set(members) - set(MEMBERS)
         if unknown:
             raise ValueError(f"unknown ensemble members {sorted(unknown)}; choose from {MEMBERS}")
         self.members = tuple(members)
         self.random_state = random_state
+        self.scale_floor = scale_floor
 
     def fit(self, F: np.ndarray) -> FeatureEnsemble:
         F = np.asarray(F, dtype="float64")
@@ -46,8 +47,8 @@ class FeatureEnsemble:
             q75, q25 = np.percentile(sub, [75, 25], axis=0)
             scale = (q75 - q25) / 1.349
             std = sub.std(axis=0)
-        floor = 1e-3
-        self.scale_ = np.where(scale > floor, scale, np.maximum(std, floor))
+        floor = max(self.scale_floor, 1e-3)
+        self.scale_ = np.maximum(np.where(scale > 1e-3, scale, std), floor)
         Z = self._standardise(sub)
         self.quantiles_ = np.quantile(Z, _ECDF_GRID, axis=0)  # (grid, features) for the ecdf member
         self.models_ = {}

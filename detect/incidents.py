@@ -208,3 +208,26 @@ class IncidentTracker:
             if st.last_anomaly is not None:
                 inc.last_ts = st.recent[-1][2] if st.recent else inc.last_ts
             st.open = inc
+
+
+def open_mask(flags: np.ndarray, k: int, n: int, close_after: int) -> np.ndarray:
+    """Per reading of one stream: is an incident open after this reading? (online; same rule as the tracker).
+
+    Open from the reading that meets k-of-n until the ``close_after``-th consecutive normal reading closes it.
+    """
+    flags = np.asarray(flags, dtype=bool)
+    out = np.zeros(flags.size, dtype=bool)
+    a = np.flatnonzero(flags)
+    if a.size < k:
+        return out
+    segment = np.concatenate([[0], np.cumsum(np.diff(a) - 1 >= close_after)])
+    cond = np.zeros(a.size, dtype=bool)
+    cond[k - 1:] = a[k - 1:] - a[: a.size - k + 1] < n
+    first_open = pd.Series(np.where(cond, a, np.iinfo(np.int64).max)).groupby(segment).min().to_numpy()
+    last_anom = pd.Series(a).groupby(segment).max().to_numpy()
+    ok = first_open < np.iinfo(np.int64).max
+    starts, ends = first_open[ok], np.minimum(last_anom[ok] + close_after, flags.size)  # end exclusive
+    delta = np.zeros(flags.size + 1, dtype=int)
+    np.add.at(delta, starts, 1)
+    np.add.at(delta, ends, -1)
+    return np.cumsum(delta)[:-1] > 0

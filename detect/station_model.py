@@ -70,7 +70,7 @@ class StationModel:
     def __init__(self, sensors: list[str] | None = None, window: int = 20, alert_budget: float = 1.0,
                  k: int = 3, n: int = 5, close_after: int = 10, members: tuple[str, ...] = MEMBERS,
                  validation_fraction: float = 0.25, min_stuck: int = 10, random_state: int = 0,
-                 seconds_per_row: float = 1.0):
+                 seconds_per_row: float = 1.0, scale_floor: float = 0.1):
         self.sensors = sensors
         self.window = window
         self.alert_budget = alert_budget
@@ -82,6 +82,7 @@ class StationModel:
         self.min_stuck = min_stuck
         self.random_state = random_state
         self.seconds_per_row = seconds_per_row
+        self.scale_floor = scale_floor
 
     # ------------------------------------------------------------------------------------------ helpers
     def _choose_sensors(self, train: pd.DataFrame) -> list[str]:
@@ -146,7 +147,7 @@ class StationModel:
         F = np.empty((len(train), 4 * len(self.sensors_)))
         for _, idx in lines:
             F[idx] = window_features(z[idx], len(idx), self.window, self.ref_std_)
-        self.ensemble_ = FeatureEnsemble(self.members, self.random_state).fit(F[fit_rows])
+        self.ensemble_ = FeatureEnsemble(self.members, self.random_state, self.scale_floor).fit(F[fit_rows])
 
         dts = [np.diff(times[idx]) for _, idx in lines]
         self.quality_ = QualityChecker.fit(self.sensors_, [raw[idx][fit_rows[idx]] for _, idx in lines],
