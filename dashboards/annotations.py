@@ -93,7 +93,7 @@ class AnnotationSender:
         self._cond = threading.Condition()
         self._ids: OrderedDict[str, tuple[int, bool]] = OrderedDict()  # incident_id -> (annotation id, closed)
         self._stop = False
-        self._busy = False
+        self._inflight = 0
         self.sent = self.dropped = self.failed = self.retries = 0
         self._thread = threading.Thread(target=self._run, name="grafana-annotations", daemon=True)
         self._thread.start()
@@ -121,7 +121,7 @@ class AnnotationSender:
     @property
     def pending(self) -> int:
         with self._cond:
-            return len(self._queue) + int(self._busy)
+            return len(self._queue) + self._inflight
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued was delivered (or failed); False on timeout."""
@@ -141,43 +141,36 @@ class AnnotationSender:
     # --- consumer side (background thread)
     def _run(self) -> None:
         wait = self.backoff_s
+        item: _Item | None = None
         while True:
             with self._cond:
-                while not self._queue and not self._stop:
-                    self._cond.wait()
-                if self._stop:
-                    return
-                item = self._queue[0]
-                self._busy = True
+                if item is None:
+                    while not self._queue and not self._stop:
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                    item = self._queue.popleft()
+                    self._inflight = 1
             try:
-                delivered = self._deliver(item)
+                self.sent += int(self._deliver(item))
             except (GrafanaException, niquests.exceptions.RequestException) as exc:
-                if isinstance(exc, GrafanaClientError):  # 4xx: Grafana will not take it, do not retry
-                    self.failed += 1
-                    log.warning("Grafana rejected incident annotation %s: HTTP %s", item.incident_id, exc.status_code)
-                    self._done(item)
-                    wait = self.backoff_s
-                else:  # unreachable, timeout or 5xx: keep the item, back off, try again
+                if not isinstance(exc, GrafanaClientError):  # unreachable, timeout or 5xx: back off, retry it
                     self.retries += 1
                     log.info("Grafana unavailable for annotations (%s); retrying in %.1fs", type(exc).__name__, wait)
                     with self._cond:
-                        self._busy = False
                         self._cond.wait(timeout=wait)
+                        if self._stop:
+                            return
                     wait = min(wait * 2, self.max_backoff_s)
-                continue
+                    continue
+                self.failed += 1  # 4xx: Grafana will not take this one, retrying cannot help
+                log.warning("Grafana rejected incident annotation %s: HTTP %s", item.incident_id, exc.status_code)
             except Exception:  # never let a bug kill the thread silently
                 log.exception("annotation sender: unexpected error for incident %s", item.incident_id)
                 self.failed += 1
-            else:
-                self.sent += int(delivered)
-            self._done(item)
+            with self._cond:
+                item, self._inflight = None, 0
             wait = self.backoff_s
-
-    def _done(self, item: _Item) -> None:
-        with self._cond:
-            if self._queue and self._queue[0] is item:
-                self._queue.popleft()
-            self._busy = False
 
     def _deliver(self, item: _Item) -> bool:
         """Post or patch one incident's annotation; False when Grafana already shows this state."""
