@@ -84,6 +84,12 @@ class WindowState:
         if not cold and not self.stale:
             self._advance(firsts)
             return 0
+        if not self.stale and store is not None and not any(
+                self._has_history(store, k, seq) for k, seq in zip(keys, firsts["first_seq"], strict=True)
+                if k in cold):
+            # brand-new streams: their fresh state IS the uninterrupted state, nothing to rebuild
+            self._advance(firsts)
+            return 0
         before = dict(self.next_seq)  # warm streams: everything before their next seq
         for k, seq in zip(keys, firsts["first_seq"], strict=True):
             if k in cold:
@@ -109,6 +115,10 @@ class WindowState:
         self.rebuilds += 1
         self._advance(firsts)
         return len(before)
+
+    @staticmethod
+    def _has_history(store: Store, key: StreamKey, first_seq: int) -> bool:
+        return not store.last_readings(key[0], key[1], int(first_seq), 1).empty
 
     def _advance(self, firsts: pd.DataFrame) -> None:
         for line, st, last in zip(firsts["line"], firsts["station"], firsts["last_seq"], strict=True):
