@@ -63,7 +63,7 @@ def _options(kind: str, **overrides: Any) -> Dict:
         "gauge": {"showThresholdLabels": False, "showThresholdMarkers": True, "sizing": "auto", "minVizWidth": 75,
                   "minVizHeight": 75, "reduceOptions": _REDUCE_LAST, "orientation": "auto"},
         "table": {"frameIndex": 0, "showHeader": True, "cellHeight": "sm",
-                  "footer": {"show": False, "reducer": ["sum"], "countRows": False, "fields": ""}},
+                  "footer": {"show": False, "reducer": ["sum"], "countRows": False, "fields": []}},
         "state-timeline": {"showValue": "auto", "rowHeight": 0.9, "mergeValues": True, "alignValue": "left",
                            "legend": _LEGEND, "tooltip": _TOOLTIP},
     }[kind]
@@ -74,7 +74,7 @@ def _custom(kind: str) -> Dict:
     return {
         "timeseries": {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never",
                        "spanNulls": False, "lineInterpolation": "linear"},
-        "table": {"align": "auto", "inspect": False, "cellOptions": {"type": "auto"}},
+        "table": {"align": "auto", "inspect": False},
         "state-timeline": {"lineWidth": 0, "fillOpacity": 70},
     }.get(kind, {})
 
