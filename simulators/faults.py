@@ -123,13 +123,19 @@ def schedule_faults(rng: np.random.Generator, line: str, timeline: Timeline, typ
     gap = 600.0
     horizon = timeline.wall_s
 
-    def free(st: str, a: float, b: float) -> bool:
-        return all(b + gap <= s or a >= e + gap for s, e in busy.get(st, []))
+    # the line stands during a stop (and restarts with warm-up transients): a fault window would be
+    # partly invisible there, so windows keep clear of stops as seen at each station
+    stopped = {st: [(w + first[st], w + d + first[st]) for w, d in zip(timeline.stop_wall, timeline.stop_d,
+                                                                         strict=True)] for st in first}
+
+    def free(f: Fault) -> bool:
+        spans = busy.get(f.station, []) + ([] if f.type == "contaminated_batch" else stopped[f.station])
+        return all(f.end + gap <= s or f.start >= e + gap for s, e in spans)
 
     for kind in kinds:
         for _attempt in range(60):
             f = _draw(rng, kind, timeline, batch_s, min_minutes, max_minutes, first, horizon)
-            if f is not None and free(f.station, f.start, f.end):
+            if f is not None and free(f):
                 busy.setdefault(f.station, []).append((f.start, f.end))
                 faults.append(f)
                 break
@@ -196,11 +202,11 @@ def process_offset(faults: Sequence[Fault], effect: str, wall: np.ndarray) -> np
 
 
 def _local_sd(values: np.ndarray, wall: np.ndarray, start: float) -> float:
-    """Spread of the sensor in the 30 minutes before ``start`` (or the whole series if too short)."""
-    before = values[(wall < start) & (wall >= start - 1800) & np.isfinite(values)]
-    if before.size < 10:
+    """Robust spread (1.4826 x MAD) of the sensor in the 2 hours before ``start`` (or the whole series)."""
+    before = values[(wall < start) & (wall >= start - 7200) & np.isfinite(values)]
+    if before.size < 20:
         before = values[np.isfinite(values)]
-    sd = float(np.std(before)) if before.size else 1.0
+    sd = float(1.4826 * np.median(np.abs(before - np.median(before)))) if before.size else 1.0
     return sd if sd > 0 else max(abs(float(np.nanmean(values))) * 0.01, 1e-3)
 
 
@@ -208,7 +214,7 @@ def apply_sensor_faults(faults: Sequence[Fault], station_name: str, wall: np.nda
                         values: dict[str, np.ndarray], rng: np.random.Generator, start_ts) -> None:
     """Corrupt the reported ``values`` (rows in time order at ``wall``) in place, recording the parameters.
 
-    drift: linear ramp to 5 local SDs; spike: 3+ single readings 8-14 SDs off (times in ``spike_ts``);
+    drift: linear ramp to 6 local SDs; spike: 3+ single readings 8-14 SDs off (times in ``spike_ts``);
     stuck: the last value before the window, held; noise: extra white noise of 4 local SDs.
     """
     import pandas as pd
@@ -224,7 +230,7 @@ def apply_sensor_faults(faults: Sequence[Fault], station_name: str, wall: np.nda
         sd = _local_sd(v, wall, f.start)
         if f.type == "drift":
             sign = float(rng.choice([-1.0, 1.0]))
-            f.magnitude = sign * 5.0 * sd
+            f.magnitude = sign * 6.0 * sd
             v[inside] += f.magnitude * (wall[inside] - f.start) / (f.end - f.start)
         elif f.type == "noise":
             f.magnitude = 4.0 * sd

@@ -206,7 +206,7 @@ class LineModel:
 
         # ---------------------------------------------------------------- mixing (next batch, every 30 s)
         pm = np.arange(int(tl.run_s // p.mixing_dt_s)) * p.mixing_dt_s
-        wall_mix = tl.wall(pm) + rng.uniform(0, 0.5, pm.size)
+        wall_mix = np.round(tl.wall(pm) + rng.uniform(0, 0.5, pm.size), 3)
         mb = np.floor(pm / p.batch_s).astype(np.int64) + 1 - b_lo
         prog = (pm % p.batch_s) / p.batch_s
         r_m = rid_b[mb]
@@ -221,7 +221,8 @@ class LineModel:
             "slurry_temp_c": 22 + 6 * (1 - np.exp(-prog / 0.3)) - 3 * degas + ar1(rng, pm.size, 0.3, 40)
             + rng.normal(0, 0.1, pm.size),
             "mixer_speed_rpm": speed_m,
-            "mixer_vacuum_mbar": np.where(degas, 60.0, 1005.0) * np.exp(rng.normal(0, 0.03, pm.size)),
+            "mixer_vacuum_mbar": np.where(degas, 60.0 * np.exp(rng.normal(0, 0.05, pm.size)),
+                                          1005.0 + rng.normal(0, 4, pm.size)),
             "mixer_power_kw": 0.004 * visc_m * speed_m * (1 + rng.normal(0, 0.03, pm.size)),
         }
         apply_sensor_faults(faults, "mixing", wall_mix, v_mix, fault_rng, self.start)
@@ -230,7 +231,8 @@ class LineModel:
                                 _tags(("slurry_batch_id",), batch_ids[mb])))
 
         # ---------------------------------------------------------------- coating (material coordinate m)
-        wall_c = tl.wall(m)
+        # reading times (ms) of the material at each station: process faults act on exactly these times
+        wall_c = np.round(tl.wall(m) + rng.uniform(0, 0.3, n_mat), 3)
         since_c = tl.since_restart(m)
         shift_c = self.shift_index(wall_c)
         solid_frac = (R("solid_pct", rid) + solid_dev_b[bi]) / 100
@@ -265,7 +267,7 @@ class LineModel:
         coil = np.floor(m / p.coil_s).astype(np.int64)
         coil_ids = genealogy.coil_ids(self.line, coil)
         sl = slice(pre, pre + n_ticks)
-        wall_c_rows = wall_c[sl] + rng.uniform(0, 0.3, n_ticks)
+        wall_c_rows = wall_c[sl]
         v = {k: a[sl].copy() for k, a in v_coat.items()}
         apply_sensor_faults(faults, "coating", wall_c_rows, v, fault_rng, self.start)
         rows.append(StationRows(self.line, "coating", wall_c_rows, v, rid[sl],
@@ -274,7 +276,7 @@ class LineModel:
         # ---------------------------------------------------------------- calendering (at m + 10 min)
         lag = round(p.calendering_lag_s / dt)
         p_cal = m + p.calendering_lag_s
-        wall_k = tl.wall(p_cal)
+        wall_k = np.round(tl.wall(p_cal) + 1.0 + rng.uniform(0, 0.3, n_mat), 3)
         since_k = tl.since_restart(p_cal)
         dens_rel = (ar1(rng, n_mat, 0.005, 120) + step_offsets(rng, self.shift_index(wall_k), 0.002)
                     - 0.02 * np.exp(-since_k / 600) + process_offset(faults, "density_rel", wall_k))
@@ -291,7 +293,7 @@ class LineModel:
             - 15 * np.exp(-since_k / 900) + rng.normal(0, 0.2, n_mat),
         }
         sl_k = slice(pre - lag, pre - lag + n_ticks)
-        wall_k_rows = wall_k[sl_k] + 1.0 + rng.uniform(0, 0.3, n_ticks)
+        wall_k_rows = wall_k[sl_k]
         v = {k: a[sl_k].copy() for k, a in v_cal.items()}
         apply_sensor_faults(faults, "calendering", wall_k_rows, v, fault_rng, self.start)
         rows.append(StationRows(self.line, "calendering", wall_k_rows, v, rid[sl_k],
@@ -300,14 +302,15 @@ class LineModel:
         # ---------------------------------------------------------------- slitting (at m + 20 min)
         lag = round(p.slitting_lag_s / dt)
         p_sl = m + p.slitting_lag_s
-        wall_s = tl.wall(p_sl)
+        wall_s = np.round(tl.wall(p_sl) + 2.0 + rng.uniform(0, 0.3, n_mat), 3)
         since_s = tl.since_restart(p_sl)
         phase = float(rng.uniform(0, p.knife_life_s))
         regular = np.arange(phase - 2 * p.knife_life_s, tl.run_s + p.slitting_lag_s + p.knife_life_s, p.knife_life_s)
-        wear_ends = [float(tl.running(np.array([f.end]))[0]) for f in faults if f.effect == "burr_um"]
-        changes = np.sort(np.concatenate([regular, wear_ends]))
-        k_idx = np.searchsorted(changes, p_sl, side="right") - 1
-        age = p_sl - changes[k_idx]
+        # a worn knife (tool_wear fault) is changed at the end of the fault window
+        wear_ends = [f.end for f in faults if f.effect == "burr_um"]
+        changes = np.sort(np.concatenate([tl.wall(regular), wear_ends]))     # wall-clock times of knife changes
+        k_idx = np.searchsorted(changes, wall_s, side="right") - 1
+        age = p_sl - tl.running(changes[k_idx])
         burr = (3.0 + 1.2 * age / p.knife_life_s + ar1(rng, n_mat, 0.25, 60)
                 + process_offset(faults, "burr_um", wall_s))
         knife_ids = np.array([f"{self.line}-K{k:03d}" for k in range(changes.size)], dtype=object)
@@ -322,15 +325,13 @@ class LineModel:
                 0.6 + 0.4 * np.clip(burr - 3, 0, None)).astype(float),
         }
         sl_s = slice(pre - lag, pre - lag + n_ticks)
-        wall_s_rows = wall_s[sl_s] + 2.0 + rng.uniform(0, 0.3, n_ticks)
+        wall_s_rows = wall_s[sl_s]
         v = {k: a[sl_s].copy() for k, a in v_sl.items()}
         apply_sensor_faults(faults, "slitting", wall_s_rows, v, fault_rng, self.start)
         rows.append(StationRows(self.line, "slitting", wall_s_rows, v, rid[sl_s],
                                 _tags(("coil_id", "knife_id"), coil_ids[sl_s], knife_ids[k_idx[sl_s]])))
-        for c in changes:
-            if 0 <= c + 0 < tl.run_s:
-                ev.append({"line": self.line, "event": "knife_change", "start": float(tl.wall(np.array([c]))[0]),
-                           "end": float(tl.wall(np.array([c]))[0])})
+        for c in changes[(changes > 0) & (changes < self.hours * 3600)]:
+            ev.append({"line": self.line, "event": "knife_change", "start": float(c), "end": float(c)})
 
         # ---------------------------------------------------------------- cells
         n_est = int(tl.run_s / p.cell_interval_s * 1.2) + 10
@@ -342,12 +343,12 @@ class LineModel:
         r_c = rid[i_c]
         rc = RECIPES
         cap_nom = R("capacity_ah", r_c)
-        wall_w = tl.wall(p_w)
+        wall_w = np.round(tl.wall(p_w), 3)
         offs = p.cell_offsets()
-        wall_f = wall_w + offs["filling"] + rng.normal(0, 8, n_cells)
-        wall_fo = wall_f + p.formation_after_s + rng.normal(0, 20, n_cells)
-        wall_a = wall_fo + p.aging_after_s + rng.normal(0, 30, n_cells)
-        wall_e = wall_a + p.eol_after_s + rng.normal(0, 10, n_cells)
+        wall_f = np.round(wall_w + offs["filling"] + rng.normal(0, 8, n_cells), 3)
+        wall_fo = np.round(wall_f + p.formation_after_s + rng.normal(0, 20, n_cells), 3)
+        wall_a = np.round(wall_fo + p.aging_after_s + rng.normal(0, 30, n_cells), 3)
+        wall_e = np.round(wall_a + p.eol_after_s + rng.normal(0, 10, n_cells), 3)
         shift_w = self.shift_index(wall_w)
 
         anode_roll = np.floor((p_w - p.winding_lag_s) / p.anode_roll_s).astype(np.int64)
@@ -479,7 +480,9 @@ class LineModel:
                               (self.day_offset_s + wall_f) // (6 * 3600), chan, k_cell)
         cell_ids = ids["cell_id"]
         tags = {
-            "winding": _tags(("anode_roll_id", "cathode_roll_id"), ids["anode_roll_id"], ids["cathode_roll_id"]),
+            # the cathode coil and slurry batch too, so online genealogy can walk back to the electrode readings
+            "winding": _tags(("anode_roll_id", "cathode_roll_id", "coil_id", "slurry_batch_id"), ids["anode_roll_id"],
+                             ids["cathode_roll_id"], ids["coil_id"], batch_ids[bi[i_c]]),
             "filling": _tags(("electrolyte_lot",), ids["electrolyte_lot"]),
             "formation": _tags(("formation_channel",), ids["formation_channel"]),
             "aging": _tags(("aging_slot",), ids["aging_slot"]),

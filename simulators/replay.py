@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from cellwatch.contract import READING_KEYS
@@ -32,6 +33,26 @@ def _load(path: Path) -> pd.DataFrame:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CellwatchError(f"cannot read {path}: {first}") from exc
     raise CellwatchError(f"{path}: unknown file type (use .csv, .csv.gz or .parquet)")
+
+
+def _check_tags(tags: pd.Series, path: Path) -> np.ndarray:
+    """Tags as compact JSON object strings with sorted keys (the contract's form), or None.
+
+    Each distinct value is parsed once (tags repeat: a batch or coil spans many readings)."""
+    codes, uniques = pd.factorize(tags.astype(object), use_na_sentinel=True)
+    good = np.full(len(uniques) + 1, None, dtype=object)        # last slot: missing (code -1)
+    for u, v in enumerate(uniques):
+        if v == "":
+            continue
+        try:
+            obj = orjson.loads(v) if isinstance(v, str | bytes) else v
+        except orjson.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict) or not all(isinstance(x, str) for x in obj.values()):
+            row = int(np.flatnonzero(codes == u)[0]) + 1
+            raise CellwatchError(f"{path}: tags at row {row} is not a JSON object of strings: {str(v)[:60]!r}")
+        good[u] = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode() if obj else None
+    return good[codes]
 
 
 def load_readings(path: str | Path) -> pd.DataFrame:
@@ -69,7 +90,7 @@ def load_readings(path: str | Path) -> pd.DataFrame:
             raise CellwatchError(f"{path}: seq must be a non-negative integer in every row")
         frame["seq"] = seq.astype(np.int64).to_numpy()
     frame["recipe"] = raw["recipe"].astype(object).where(raw["recipe"].notna(), None) if "recipe" in raw else None
-    frame["tags"] = raw["tags"].astype(object).where(raw["tags"].notna(), None) if "tags" in raw else None
+    frame["tags"] = _check_tags(raw["tags"], path) if "tags" in raw else None
     for c in sensors:
         frame[str(c)] = pd.to_numeric(raw[c]).astype(np.float64).to_numpy()
     frame = frame.sort_values("ts", kind="stable").reset_index(drop=True)
