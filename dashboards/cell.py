@@ -47,7 +47,10 @@ FROM scores WHERE cell_id = '$cell_id' AND $__timeFilter(ts) ORDER BY ts
 
 PREDICTIONS_SQL = """
 SELECT ts AS time, station, defect_probability, predicted_defect, predicted_type,
-       top_features::text AS reasons, model_version
+       (SELECT string_agg((f ->> 'feature') || ' ' || to_char((f ->> 'contribution')::float8, 'FM0.000'), ', ')
+        FROM jsonb_array_elements(CASE WHEN jsonb_typeof(top_features) = 'array' THEN top_features ELSE '[]' END) f
+       ) AS reasons,
+       model_version
 FROM cell_predictions WHERE cell_id = '$cell_id' ORDER BY ts
 """
 

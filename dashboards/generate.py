@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from cellwatch.dashboards import alerting, cell, health, overview, station
 from cellwatch.dashboards.builders import DATASOURCE_TYPE, DATASOURCE_UID, FOLDER_TITLE
 

@@ -16,7 +16,6 @@ from cellwatch.dashboards.builders import (
     station_order,
     thresholds,
 )
-
 from cellwatch.stations import units
 
 UID = "cellwatch-station"
@@ -61,9 +60,13 @@ WHERE r.line = '$line' AND r.station = '$station' AND $__timeFilter(r.ts)
 GROUP BY 1 ORDER BY 1
 """
 
+#: Max score per interval and the alert threshold of the station model that scored it (sensor_bands.threshold).
 SCORE_SQL = """
-SELECT $__timeGroupAlias(s.ts, $__interval), max(s.anomaly_score) AS anomaly_score, max(m.threshold) AS threshold
-FROM scores s LEFT JOIN model_versions m ON m.version = s.model_version
+WITH t AS (
+  SELECT model_version, line, max(threshold) AS threshold FROM sensor_bands WHERE station = '$station' GROUP BY 1, 2
+)
+SELECT $__timeGroupAlias(s.ts, $__interval), max(s.anomaly_score) AS anomaly_score, max(t.threshold) AS threshold
+FROM scores s LEFT JOIN t ON t.model_version = s.model_version AND t.line IN (s.line, '*')
 WHERE s.line = '$line' AND s.station = '$station' AND $__timeFilter(s.ts)
 GROUP BY 1 ORDER BY 1
 """

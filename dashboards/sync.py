@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import niquests
-from cellwatch.dashboards import alerting, generate
-from cellwatch.dashboards.builders import DATASOURCE_UID, FOLDER_TITLE, FOLDER_UID
 from grafana_client import GrafanaApi, TokenAuth
 from grafana_client.client import GrafanaClientError, GrafanaException, GrafanaServerError, GrafanaTimeoutError
 
+from cellwatch.dashboards import alerting, generate
+from cellwatch.dashboards.builders import DATASOURCE_UID, FOLDER_TITLE, FOLDER_UID
 from cellwatch.errors import CellwatchError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
