@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
@@ -53,15 +54,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _summary(result, elapsed: float) -> str:
     cells = result.cells
-    rate = cells["defect"].mean() * 100 if len(cells) else float("nan")
+    rate = f"{cells['defect'].mean() * 100:.2f} %" if len(cells) else "n/a (no cell finished)"
     by_type = result.faults["type"].value_counts().sort_index() if len(result.faults) else {}
     faults = ", ".join(f"{t} {n}" for t, n in by_type.items()) or "none"
     lines = [
-        f"readings {len(result.readings):,}  cells {len(cells):,}  defect rate {rate:.2f} %",
+        f"readings {len(result.readings):,}  cells {len(cells):,}  defect rate {rate}",
         f"faults {len(result.faults)}: {faults}",
         f"elapsed {elapsed:.2f} s  ({len(result.readings) / max(elapsed, 1e-9):,.0f} readings/s)",
     ]
     return "\n".join(lines)
+
+
+def _quiet_kafka(args: argparse.Namespace) -> None:
+    """kafka-python logs every refused connection at ERROR; our own error line says it once."""
+    if not getattr(args, "verbose", 0):
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -85,6 +92,11 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.kafka:
         from .produce import stream
 
+        _quiet_kafka(args)
+        if str(args.start).strip().lower() == "now" and not args.realtime:
+            print("note: --start now without --realtime sends future timestamps; consumers reject readings "
+                  "more than 5 minutes ahead of their clock")
+
         stats = stream(args.kafka, result.readings, result.cell_results(), topic_readings=args.topic_readings,
                        topic_cell_results=args.topic_cell_results, rate=args.rate,
                        speed=1.0 if args.realtime else None, progress=args.progress)
@@ -97,6 +109,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 def run_replay(args: argparse.Namespace) -> int:
     from .replay import replay
 
+    _quiet_kafka(args)
     stats = replay(args.input, args.kafka, topic=args.topic, speed=args.speed, progress=args.progress)
     print(f"kafka {args.kafka}: replayed {stats.readings:,} readings from {args.input} to {args.topic} in "
           f"{stats.elapsed_s:.1f} s ({stats.rate:,.0f} msg/s)")

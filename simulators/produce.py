@@ -36,6 +36,7 @@ PRODUCER_CONFIG = {
     "max_in_flight_requests_per_connection": 5,
     "retries": 10,
     "request_timeout_ms": 30000,
+    "bootstrap_timeout_ms": 15000,
 }
 
 
@@ -55,15 +56,22 @@ class StreamStats:
 def make_producer(bootstrap: str, **overrides):
     """A kafka-python producer with :data:`PRODUCER_CONFIG`; ServiceUnavailable if no broker answers."""
     from kafka import KafkaProducer
-    from kafka.errors import KafkaError, NoBrokersAvailable
+    from kafka.errors import KafkaError, KafkaTimeoutError
 
     config = {**PRODUCER_CONFIG, **overrides}
     try:
         return KafkaProducer(bootstrap_servers=bootstrap.split(","), client_id="cellwatch-simulator", **config)
-    except NoBrokersAvailable as exc:
-        raise ServiceUnavailable(f"no Kafka broker answers at {bootstrap}") from exc
-    except KafkaError as exc:
+    except KafkaTimeoutError as exc:
+        raise ServiceUnavailable(f"no Kafka broker answers at {bootstrap} "
+                                 f"(waited {config['bootstrap_timeout_ms'] / 1000:g} s)") from exc
+    except (KafkaError, OSError, ValueError) as exc:
         raise ServiceUnavailable(f"cannot connect a Kafka producer to {bootstrap}: {exc}") from exc
+
+
+def _epoch_ns(ts: pd.Series) -> np.ndarray:
+    """Nanoseconds since the epoch (UTC) of a timestamp column."""
+    t = pd.to_datetime(ts, utc=True).dt.tz_localize(None).dt.as_unit("ns")
+    return t.to_numpy().view(np.int64)
 
 
 class _Pacer:
@@ -107,9 +115,8 @@ def stream(bootstrap: str, readings: pd.DataFrame, cell_results: pd.DataFrame | 
     """
     cell_results = cell_results if cell_results is not None else pd.DataFrame(columns=["ts"])
     n_r, n_c = len(readings), len(cell_results)
-    ts_r = pd.to_datetime(readings["ts"], utc=True).dt.as_unit("ns").to_numpy().astype(np.int64)
-    ts_c = pd.to_datetime(cell_results["ts"], utc=True).dt.as_unit("ns").to_numpy().astype(np.int64) \
-        if n_c else np.zeros(0, dtype=np.int64)
+    ts_r = _epoch_ns(readings["ts"])
+    ts_c = _epoch_ns(cell_results["ts"]) if n_c else np.zeros(0, dtype=np.int64)
     ts_all = np.concatenate([ts_r, ts_c])
     order = np.argsort(ts_all, kind="stable")      # readings before cell results at equal times
     if order.size == 0:
