@@ -13,6 +13,9 @@ Fixtures:
 * ``pg_schema``: the name of a fresh PostgreSQL schema for this test (dropped with CASCADE afterwards).
 * ``pg_conn``: a psycopg 3 connection with ``search_path`` set to ``pg_schema`` (closed afterwards).
 * ``tmp_sqlite``: path of a not-yet-existing SQLite database file in the test's tmp dir.
+* ``models_dir`` (session): models trained once per session (3 simulated hours of one line, seed
+  ``MODELS_TRAIN_SEED``) with ``cellwatch train``'s code path; shared by the end-to-end and dashboard tests so
+  that the suite trains once. Treat it as read-only.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import pytest
 
 KAFKA_ENV = "CELLWATCH_KAFKA"
 DATABASE_ENV = "CELLWATCH_DATABASE_URL"
+MODELS_TRAIN_SEED = 1024
+MODELS_TRAIN_HOURS = 3
 
 
 def _in_ci() -> bool:
@@ -135,3 +140,20 @@ def pg_conn(database_url: str, pg_schema: str):
 def tmp_sqlite(tmp_path: Path) -> Path:
     """Path of a fresh SQLite database file (not created yet) inside the test's tmp dir."""
     return tmp_path / "cellwatch.sqlite3"
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Models trained on their own simulation (not the one a test scores) with ``cellwatch train``'s code path."""
+    from cellwatch.detect.train import train_models
+    from cellwatch.simulators.simulate import simulate
+
+    root = tmp_path_factory.mktemp("models")
+    sim = simulate(hours=MODELS_TRAIN_HOURS, lines=1, seed=MODELS_TRAIN_SEED)
+    data = root / "train"
+    data.mkdir()
+    sim.readings.to_parquet(data / "readings.parquet")
+    sim.cells.to_parquet(data / "cells.parquet")
+    sim.faults.to_parquet(data / "faults.parquet")
+    train_models(data, root / "models", progress=False)
+    return root / "models"
