@@ -26,8 +26,10 @@ MANIFEST = "manifest.json"
 
 
 def _write(frame: pd.DataFrame, path: Path) -> None:
+    """zstd; dictionary encoding only for string columns (floats do not repeat: trying costs time)."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    pq.write_table(table, path, compression="zstd", compression_level=3)
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    pq.write_table(table, path, compression="zstd", compression_level=1, use_dictionary=strings)
 
 
 def write_parquet(result: SimulationResult, out_dir: str | Path, manifest: dict | None = None) -> dict[str, Path]:

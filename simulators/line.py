@@ -79,16 +79,32 @@ class LineParams:
 
 
 @dataclass(slots=True)
+class Coded:
+    """A string column as codes into distinct values (``-1`` = missing): cheap to build, to concatenate and
+    to turn into an Arrow dictionary column."""
+
+    codes: np.ndarray          # int64
+    values: np.ndarray         # object array of distinct strings
+
+    def take(self, idx: np.ndarray) -> Coded:
+        return Coded(self.codes[idx], self.values)
+
+    @classmethod
+    def missing(cls, n: int) -> Coded:
+        return cls(np.full(n, -1, dtype=np.int64), np.empty(0, dtype=object))
+
+
+@dataclass(slots=True)
 class StationRows:
     """Readings of one (line, station) stream, in time order."""
 
     line: str
     station: str
-    wall: np.ndarray          # seconds from the run start
+    wall: np.ndarray          # seconds from the run start (ms resolution)
     values: dict[str, np.ndarray]
     recipe: np.ndarray        # recipe index (into RECIPES) per row
-    tags: np.ndarray          # object array of JSON strings or None
-    cell_id: np.ndarray | None = None
+    tags: Coded               # JSON object strings
+    cell_id: Coded | None = None
 
 
 @dataclass(slots=True)
@@ -98,22 +114,26 @@ class LineOutput:
     events: list[dict]
 
 
-def _tags(keys: tuple[str, ...], *columns: np.ndarray) -> np.ndarray:
-    """JSON tag strings (compact, as the contract re-encodes them) for each row, built once per combination."""
+def _tags(keys: tuple[str, ...], *columns: np.ndarray) -> Coded:
+    """JSON tag strings per row (sorted keys, compact: the contract's form), each combination built once."""
     n = len(columns[0])
     if n == 0:
-        return np.empty(0, dtype=object)
-    stacked = pd.MultiIndex.from_arrays([np.asarray(c) for c in columns]) if len(columns) > 1 else None
-    if stacked is None:
-        codes, uniques = pd.factorize(np.asarray(columns[0]))
-        strings = np.array([orjson.dumps({keys[0]: str(u)}, option=orjson.OPT_SORT_KEYS).decode() for u in uniques],
-                           dtype=object)
-        return strings[codes]
-    codes, uniques = pd.factorize(stacked)
-    strings = np.array([orjson.dumps(dict(zip(keys, map(str, u), strict=True)), option=orjson.OPT_SORT_KEYS).decode()
-                        for u in uniques],
-                       dtype=object)
-    return strings[codes]
+        return Coded.missing(0)
+    combined = np.zeros(n, dtype=np.int64)
+    uniques = []
+    for col in columns:
+        codes, u = pd.factorize(np.asarray(col))
+        combined = combined * len(u) + codes
+        uniques.append(np.asarray(u, dtype=object))
+    distinct, inverse = np.unique(combined, return_inverse=True)
+    parts = []
+    for u in reversed(uniques):
+        parts.append(u[distinct % len(u)])
+        distinct = distinct // len(u)
+    parts.reverse()
+    strings = np.array([orjson.dumps(dict(zip(keys, map(str, combo), strict=True)), option=orjson.OPT_SORT_KEYS)
+                        .decode() for combo in zip(*parts, strict=True)], dtype=object)
+    return Coded(inverse.astype(np.int64).ravel(), strings)
 
 
 class LineModel:
@@ -486,7 +506,7 @@ class LineModel:
             "filling": _tags(("electrolyte_lot",), ids["electrolyte_lot"]),
             "formation": _tags(("formation_channel",), ids["formation_channel"]),
             "aging": _tags(("aging_slot",), ids["aging_slot"]),
-            "eol": np.full(n_cells, None, dtype=object),
+            "eol": Coded.missing(n_cells),
         }
         walls = {"winding": wall_w, "filling": wall_f, "formation": wall_fo, "aging": wall_a, "eol": wall_e}
         horizon = self.hours * 3600
@@ -496,7 +516,8 @@ class LineModel:
             keep = order[w[order] < horizon]
             vv = {k: a[keep].copy() for k, a in v.items()}
             apply_sensor_faults(faults, name, w[keep], vv, fault_rng, self.start)
-            rows.append(StationRows(self.line, name, w[keep], vv, r_c[keep], tags[name][keep], cell_ids[keep]))
+            rows.append(StationRows(self.line, name, w[keep], vv, r_c[keep], tags[name].take(keep),
+                                    Coded(keep.astype(np.int64), cell_ids)))
 
         done = wall_e < horizon
         web_pos = (m[i_c] - coil[i_c] * p.coil_s) / 60 * R("coating_speed_m_min", r_c)

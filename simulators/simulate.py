@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
 
 from cellwatch.contract import READING_KEYS
 from cellwatch.errors import CellwatchError
@@ -131,7 +132,19 @@ def _ts(start: pd.Timestamp, wall: np.ndarray) -> np.ndarray:
 
 
 def _to_datetime(ns: np.ndarray) -> pd.Series:
-    return pd.Series(pd.to_datetime(ns, utc=True)).dt.as_unit("us")
+    """Epoch nanoseconds -> a ``datetime64[us, UTC]`` column (the unit the contract's decoder gives)."""
+    return pd.Series((np.asarray(ns, dtype=np.int64) // 1000).astype("datetime64[us]")).dt.tz_localize("UTC")
+
+
+#: pandas' default string dtype (what the contract's decoder produces).
+_STR = pd.Series(["x"]).dtype
+
+
+def _strings(codes: np.ndarray, dictionary: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """A string column from codes into ``dictionary`` (``-1`` = missing), built in Arrow, not per row."""
+    idx = pa.array(codes.astype(np.int32), mask=codes < 0)
+    arr = pa.DictionaryArray.from_arrays(idx, pa.array(dictionary, type=pa.large_string())).cast(pa.large_string())
+    return pd.array(arr, dtype=_STR)
 
 
 def _assemble_readings(outputs: list[LineOutput], start: pd.Timestamp) -> pd.DataFrame:
@@ -141,8 +154,8 @@ def _assemble_readings(outputs: list[LineOutput], start: pd.Timestamp) -> pd.Dat
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     ts = np.empty(n, dtype=np.int64)
     seq = np.empty(n, dtype=np.int64)
-    st_code = np.empty(n, dtype=np.int16)
-    line_code = np.empty(n, dtype=np.int16)
+    st_code = np.empty(n, dtype=np.int64)
+    line_code = np.empty(n, dtype=np.int64)
     line_names = sorted({s.line for s in streams}, key=lambda x: int(x[1:]))
     for k, s in enumerate(streams):
         a, b = bounds[k], bounds[k + 1]
@@ -153,32 +166,43 @@ def _assemble_readings(outputs: list[LineOutput], start: pd.Timestamp) -> pd.Dat
     order = np.lexsort((line_code, st_code, ts))
     where = np.empty(n, dtype=np.int64)
     where[order] = np.arange(n)
-    cols: dict[str, np.ndarray] = {}
-    cell = np.full(n, None, dtype=object)
-    recipe = np.empty(n, dtype=object)
-    tags = np.full(n, None, dtype=object)
-    recipe_names = np.array([r.name for r in RECIPES], dtype=object)
     sensors = sorted(SENSOR_NAMES)
-    for name in sensors:
-        cols[name] = np.full(n, np.nan)
+    column = {name: j for j, name in enumerate(sensors)}
+    block = np.full((len(sensors), n), np.nan)              # one allocation; row j = sensor j (pandas' layout)
+    recipe = np.empty(n, dtype=np.int64)
+    tag_codes = np.full(n, -1, dtype=np.int64)
+    cell_codes = np.full(n, -1, dtype=np.int64)
+    tag_dicts: list[np.ndarray] = []
+    cell_dicts: dict[int, tuple[int, np.ndarray]] = {}     # one dictionary per line's cell ids (shared object)
+    n_tags = n_cells = 0
     for k, s in enumerate(streams):
         pos = where[bounds[k]:bounds[k + 1]]
         for name, v in s.values.items():
-            cols[name][pos] = v
-        recipe[pos] = recipe_names[s.recipe]
-        tags[pos] = s.tags
+            block[column[name], pos] = v
+        recipe[pos] = s.recipe
+        tag_codes[pos] = np.where(s.tags.codes >= 0, s.tags.codes + n_tags, -1)
+        tag_dicts.append(s.tags.values)
+        n_tags += len(s.tags.values)
         if s.cell_id is not None:
-            cell[pos] = s.cell_id
-    frame = pd.DataFrame({
+            key = id(s.cell_id.values)
+            if key not in cell_dicts:
+                cell_dicts[key] = (n_cells, s.cell_id.values)
+                n_cells += len(s.cell_id.values)
+            cell_codes[pos] = s.cell_id.codes + cell_dicts[key][0]
+    cell_dict = np.concatenate([v for _, v in cell_dicts.values()]) if cell_dicts else np.empty(0, dtype=object)
+    tag_dict = np.concatenate(tag_dicts) if tag_dicts else np.empty(0, dtype=object)
+    frame = pd.DataFrame(block.T, columns=sensors, copy=False)    # the float block is used as it is
+    keys = {
         "ts": _to_datetime(ts[order]),
-        "line": np.array(line_names, dtype=object)[line_code[order]],
-        "station": np.array(STATION_NAMES, dtype=object)[st_code[order]],
-        "cell_id": cell,
+        "line": _strings(line_code[order], np.array(line_names, dtype=object)),
+        "station": _strings(st_code[order], np.array(STATION_NAMES, dtype=object)),
+        "cell_id": _strings(cell_codes, cell_dict),
         "seq": seq[order],
-        "recipe": recipe,
-        "tags": tags,
-        **cols,
-    })
+        "recipe": _strings(recipe, np.array([r.name for r in RECIPES], dtype=object)),
+        "tags": _strings(tag_codes, tag_dict),
+    }
+    for i, (name, col) in enumerate(keys.items()):
+        frame.insert(i, name, col)
     assert tuple(frame.columns[:len(READING_KEYS)]) == READING_KEYS
     return frame
 
