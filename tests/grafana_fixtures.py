@@ -121,7 +121,6 @@ def run_query(conn: psycopg.Connection, sql: str) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------ real pipeline data
 
-TRAIN_SEED, TRAIN_HOURS = 1024, 3.0
 SIM_SEED, SIM_HOURS = 24, 1.5
 
 
@@ -136,20 +135,6 @@ class FilledStore:
 
     def connect(self) -> psycopg.Connection:
         return psycopg.connect(self.url, options=f"-c search_path={self.schema}", autocommit=True)
-
-
-def train_models(root: Path) -> Path:
-    from cellwatch.detect.train import train_models as train
-    from cellwatch.simulators.simulate import simulate
-
-    sim = simulate(hours=TRAIN_HOURS, lines=1, seed=TRAIN_SEED)
-    data = root / "train"
-    data.mkdir(parents=True, exist_ok=True)
-    sim.readings.to_parquet(data / "readings.parquet")
-    sim.cells.to_parquet(data / "cells.parquet")
-    sim.faults.to_parquet(data / "faults.parquet")
-    train(data, root / "models", progress=False)
-    return root / "models"
 
 
 def bad_messages(ts: pd.Timestamp) -> list[tuple[bytes, bytes]]:
@@ -248,7 +233,7 @@ def fill_by_pipeline(kafka: str, url: str, schema: str, models: Path, tmp: Path)
 
 
 @pytest.fixture(scope="module")
-def filled_store(kafka_bootstrap, database_url, tmp_path_factory) -> Iterator[FilledStore]:
+def filled_store(kafka_bootstrap, database_url, models_dir, tmp_path_factory) -> Iterator[FilledStore]:
     """A fresh schema filled by a real pipeline run (module scope: built once for all query tests).
 
     For quick local iteration, ``CELLWATCH_GRAFANA_TEST_SCHEMA=<schema>`` reuses a schema an earlier
@@ -260,12 +245,11 @@ def filled_store(kafka_bootstrap, database_url, tmp_path_factory) -> Iterator[Fi
         yield FilledStore(database_url, reuse, pd.Timestamp(lo), pd.Timestamp(hi), n, "")
         return
     tmp = tmp_path_factory.mktemp("grafana-store")
-    models = train_models(tmp)
     schema = f"grafana_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(database_url, autocommit=True) as c:
         c.execute(f'CREATE SCHEMA "{schema}"')
     try:
-        yield fill_by_pipeline(kafka_bootstrap, database_url, schema, models, tmp)
+        yield fill_by_pipeline(kafka_bootstrap, database_url, schema, models_dir, tmp)
     finally:
         with psycopg.connect(database_url, autocommit=True) as c:
             c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
