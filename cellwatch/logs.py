@@ -71,4 +71,5 @@ def setup_logging(level: str | int = "INFO", json: bool = False) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     # kafka-python is chatty at INFO about every connection; keep its warnings
-    logging.getLogger("kafka").setLevel(max(root.level, logging.WARNING))
+    for noisy in ("kafka", "numba", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))

@@ -26,21 +26,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from kafka import ConsumerRebalanceListener
+
+from cellwatch.config import Settings
+from cellwatch.errors import CellwatchError
 from cellwatch.ingest.kafka_out import OutputError, OutputProducer
 from cellwatch.ingest.metrics import Metrics
 from cellwatch.ingest.models import ModelWatcher
 from cellwatch.ingest.pipeline import BatchOutput, Decoded, Message, decode, process
 from cellwatch.ingest.state import WindowState
 from cellwatch.ingest.store import Store, StoreUnavailable, open_store
-
-from cellwatch.config import Settings
-from cellwatch.errors import CellwatchError
 from cellwatch.logs import redact
 
 log = logging.getLogger(__name__)
 
 
-class _Rebalance:
+class _Rebalance(ConsumerRebalanceListener):
     """ConsumerRebalanceListener: streams of revoked or newly assigned partitions become cold."""
 
     def __init__(self, service: StreamService) -> None:
@@ -204,7 +205,17 @@ class StreamService:
         s = self.settings
         t0 = time.perf_counter()
         decoded: Decoded = decode(messages, s.topic_readings, s.topic_cell_results)
-        out: BatchOutput = process(decoded, self.window, self.store, len(messages))
+        try:
+            # the warm-up reads the store: retried like a write (nothing is changed before the reads succeed)
+            out: BatchOutput = self._retry_store(
+                "state warm-up", lambda: process(decoded, self.window, self.store, len(messages)))
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            first = {(m.topic, m.partition): m.offset for m in reversed(messages)}
+            log.exception("scoring a batch failed; stopping without committing (the batch is replayed on restart); "
+                          "first offsets %s", first)
+            raise CellwatchError(f"scoring failed with model {self.window.scorer.model_version}: {exc}") from exc
         tables = dict(out.tables)
         self._retry_store("batch write", lambda: self._write(tables))
         while True:  # the store holds the batch; now every output message must be acknowledged
