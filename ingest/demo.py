@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from cellwatch import contract
+from cellwatch.errors import CellwatchError
 from cellwatch.ingest.pipeline import Message, decode, process
 from cellwatch.ingest.state import WindowState
 from cellwatch.ingest.store import SQLiteStore, Store, open_store
 from cellwatch.ingest.view import LiveView
-
-from cellwatch import contract
-from cellwatch.errors import CellwatchError
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,8 @@ def _produce(opts: DemoOptions, sim, topics: dict[str, str]) -> int:
 
 
 def _run_kafka(opts: DemoOptions, models: Path, sim, store: Store, view: LiveView, say) -> dict:
-    from cellwatch.ingest.consumer import StreamService
-
     from cellwatch.config import load_settings
+    from cellwatch.ingest.consumer import StreamService
 
     run_id = uuid.uuid4().hex[:8]
     topics = {"readings": f"{contract.TOPIC_READINGS}.demo-{run_id}",

@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
-from cellwatch.ingest.pipeline import BatchOutput, json_messages
 
 from cellwatch.config import Settings
+from cellwatch.ingest.pipeline import BatchOutput, json_messages
 
 log = logging.getLogger(__name__)
 

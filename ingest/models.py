@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from cellwatch.ingest.schema import TABLE
 
 from cellwatch.errors import CellwatchError
+from cellwatch.ingest.schema import TABLE
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+
+from cellwatch import contract
 from cellwatch.ingest.schema import TABLE
 from cellwatch.ingest.state import WindowState
 from cellwatch.ingest.store import Store, readings_rows
-
-from cellwatch import contract
 
 DEAD_LETTER_COLUMNS = TABLE["dead_letters"].column_names
 

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
 from cellwatch.ingest.store import Store
 
 #: An incident counts for a fault when it starts before the fault's end + this grace.
@@ -110,8 +111,10 @@ def write_report(store: Store, sim, path: Path, totals: dict, stream_seconds: fl
     dplot = _defect_plot(cells) if len(cells) else None
     rate = totals.get("scored", 0) / max(stream_seconds, 1e-9)
     summary = pd.DataFrame([
-        ("readings scored", f"{totals.get('scored', 0):,}"), ("messages rejected (DLQ)", f"{totals.get('rejected', 0):,}"),
-        ("streaming time", f"{stream_seconds:.1f} s ({rate:,.0f} readings/s)"), ("demo wall time", f"{wall_seconds:.0f} s"),
+        ("readings scored", f"{totals.get('scored', 0):,}"),
+        ("messages rejected (DLQ)", f"{totals.get('rejected', 0):,}"),
+        ("streaming time", f"{stream_seconds:.1f} s ({rate:,.0f} readings/s)"),
+        ("demo wall time", f"{wall_seconds:.0f} s"),
         ("incidents", f"{len(incidents):,}"), ("injected faults detected", f"{n_detected} of {len(faults)}"),
         ("cells with an EOL result and a prediction", f"{len(closed):,}"),
     ], columns=["", "value"])
@@ -128,7 +131,8 @@ def write_report(store: Store, sim, path: Path, totals: dict, stream_seconds: fl
     if dplot:
         parts += ["<h2>Defect predictions vs EOL result</h2>", f"<img src='data:image/png;base64,{dplot}'>"]
     parts += ["<h2>Injected faults and the incident that caught them</h2>",
-              _table(matched.assign(start=matched["start"].astype(str).str[:19], end=matched["end"].astype(str).str[:19]))]
+              _table(matched.assign(start=matched["start"].astype(str).str[:19],
+                                    end=matched["end"].astype(str).str[:19]))]
     if len(dead):
         parts += ["<h2>Dead letters</h2>", _table(dead)]
     parts += ["<h2>Incidents</h2>", _table(incidents[["incident_id", "kind", "severity", "status", "start_ts",

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from cellwatch.ingest.store import Store
 
 log = logging.getLogger(__name__)

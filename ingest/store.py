@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
-from cellwatch.ingest.schema import SCHEMA_VERSION, TABLE, create_statements
 
 from cellwatch.contract import READING_KEYS
 from cellwatch.errors import CellwatchError, ServiceUnavailable
+from cellwatch.ingest.schema import SCHEMA_VERSION, TABLE, create_statements
 from cellwatch.logs import redact
 
 log = logging.getLogger(__name__)
