@@ -14,6 +14,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+
 from cellwatch.dashboards import alerting, generate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "grafana"

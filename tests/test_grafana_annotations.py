@@ -7,10 +7,11 @@ import threading
 
 import pandas as pd
 import pytest
+from fake_grafana import FakeGrafana
+
 from cellwatch.dashboards import sync
 from cellwatch.dashboards.annotations import AnnotationSender, annotation_payload
 from cellwatch.ingest.schema import TABLE
-from fake_grafana import FakeGrafana
 
 T0 = pd.Timestamp("2026-11-25T08:00:00Z")
 

@@ -6,11 +6,11 @@ import re
 import socket
 
 import pytest
-from cellwatch.dashboards import alerting, generate, sync
-from cellwatch.dashboards.cli import register
 from fake_grafana import FakeGrafana
 
 from cellwatch.cli import main as cli_main
+from cellwatch.dashboards import alerting, generate, sync
+from cellwatch.dashboards.cli import register
 from cellwatch.errors import CellwatchError
 
 TOKEN = "glsa_test_token_0123456789"
