@@ -9,7 +9,11 @@ A cell's feature row after station *k* (its **stage**) holds:
 * for each electrode station (mixing, coating, calendering, slitting), aggregates over the readings of the
   material lots the cell was made from: ``{station}.lot_readings``, ``.lot_max_score``, ``.lot_mean_score``,
   ``.lot_anomalous`` (count), ``.lot_anomaly_rate``, ``.lot_runs`` (anomalous runs, an incident proxy) and
-  ``.lot_mean|lot_min|lot_max.{sensor}`` (robust z as well).
+  ``.lot_mean.{sensor}`` (robust z as well);
+* for coating, calendering and slitting, the same over the cell's *own stretch* of electrode:
+  ``{station}.local_readings|local_max_score|local_mean_score`` and ``.local_mean|local_min|local_max.{sensor}``,
+  the lot readings within a minute of the time the cell's material passed the station (its winding time minus
+  the material lag learnt from the training genealogy); found at winding and carried to later stages.
 
 Lots are the genealogy tag values (``coil_id``, ``daughter_roll_id``, ``slurry_batch_id`` ...; numeric tag
 values such as a web position are not lots). The cell's own readings name its lots (e.g. its anode and
@@ -45,18 +49,34 @@ def own_feature_names(station_name: str) -> list[str]:
 
 def lot_feature_names(station_name: str) -> list[str]:
     sensors = station(station_name).sensor_names
-    return ([f"{station_name}.{s}" for s in LOT_STATS]
-            + [f"{station_name}.lot_{agg}.{s}" for agg in ("mean", "min", "max") for s in sensors])
+    return [f"{station_name}.{s}" for s in LOT_STATS] + [f"{station_name}.lot_mean.{s}" for s in sensors]
 
 
+def local_feature_names(station_name: str) -> list[str]:
+    sensors = station(station_name).sensor_names
+    return ([f"{station_name}.{s}" for s in LOCAL_STATS]
+            + [f"{station_name}.local_{agg}.{s}" for agg in ("mean", "min", "max") for s in sensors])
+
+
+LOCAL_STATS = ("local_readings", "local_max_score", "local_mean_score")
+#: Electrode stations whose readings can be matched to the cell's own stretch of electrode (by material lag).
+LOCAL_STATIONS: tuple[str, ...] = tuple(s for s in LOT_STATIONS if s != "mixing")
 OWN_FEATURES: list[str] = [f for s in FEATURE_STATIONS for f in own_feature_names(s)]
 LOT_FEATURES: list[str] = [f for s in LOT_STATIONS for f in lot_feature_names(s)]
+LOCAL_FEATURES: list[str] = [f for s in LOCAL_STATIONS for f in local_feature_names(s)]
+#: Features a cell keeps from station to station (its own data and its electrode stretch, found at winding).
+CARRIED_FEATURES: list[str] = [*OWN_FEATURES, *LOCAL_FEATURES]
 #: Every feature of the defect model, in order.
-FEATURE_NAMES: list[str] = ["stage", *OWN_FEATURES, *LOT_FEATURES]
+FEATURE_NAMES: list[str] = ["stage", *OWN_FEATURES, *LOCAL_FEATURES, *LOT_FEATURES]
 
 
-def lots_of(tags: pd.Series) -> list[tuple[str, ...]]:
-    """The lot ids named by each row's tags (JSON object strings or None): non-numeric tag values."""
+def lots_of(tags: pd.Series, parents: bool = False) -> list[tuple[str, ...]]:
+    """The lot ids named by each row's tags (JSON object strings or None): non-numeric tag values.
+
+    ``parents=True`` adds each id's hierarchical parents: a child lot extends its parent's id with a
+    ``-suffix`` (``L1-C0009-S2`` is lane 2 of coil ``L1-C0009``), so a cell that names its roll also names
+    the coil the roll was slit from.
+    """
     out: list[tuple[str, ...]] = []
     cache: dict[str, tuple[str, ...]] = {}
     for t in tags.tolist():
@@ -69,11 +89,20 @@ def lots_of(tags: pd.Series) -> list[tuple[str, ...]]:
                 d = orjson.loads(t)
             except orjson.JSONDecodeError:
                 d = {}
-            hit = tuple(sorted(str(v) for v in (d.values() if isinstance(d, dict) else ())
-                               if isinstance(v, str) and v and not _is_number(v)))
+            ids = {str(v) for v in (d.values() if isinstance(d, dict) else ())
+                   if isinstance(v, str) and v and not _is_number(v)}
+            if parents:
+                ids |= {p for i in ids for p in _parents(i)}
+            hit = tuple(sorted(ids))
             cache[t] = hit
         out.append(hit)
     return out
+
+
+def _parents(lot: str) -> list[str]:
+    """``A-B-C`` -> ``[A-B]``: the id prefixes with at least two parts."""
+    parts = lot.split("-")
+    return ["-".join(parts[:k]) for k in range(2, len(parts))]
 
 
 def _is_number(text: str) -> bool:
@@ -105,20 +134,35 @@ def own_features(events: pd.DataFrame) -> pd.DataFrame:
 
 
 def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[str, pd.DataFrame],
-                 lot_memory: int) -> pd.DataFrame:
+                 lot_memory: int, anchors: np.ndarray | None = None, lags: dict[str, float] | None = None,
+                 half_window_s: float = 60.0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Genealogy features per event.
 
-    ``events``: index = event id, columns ``line`` and ``ts``. ``event_lots``: columns ``event``, ``lot``
+    ``events``: columns ``line`` and ``ts``, one row per event. ``event_lots``: columns ``event`` (the event's
+    position in ``events``), ``lot``
     (the lots the cell's own readings named). ``buffers``: per electrode station, the recent scored readings
     of all lines (columns ``line, ts, pos, anomaly_score, is_anomaly, run_start, lots`` + sensors; ``pos`` is
     the reading's position in its (line, station) stream). Returns a frame indexed like ``events`` with the
-    :data:`LOT_FEATURES` columns (NaN where no lot reading matched).
+    :data:`LOT_FEATURES` columns (NaN where no lot reading matched), and one with the :data:`LOCAL_FEATURES`:
+    the same statistics over the matched readings within ``half_window_s`` of ``anchors - lags[station]``
+    (``anchors``: ns per event, NaN = none; ``lags``: seconds from the station to the anchor, i.e. the
+    material's travel time), the cell's own stretch of electrode.
     """
-    out = pd.DataFrame(np.nan, index=events.index, columns=LOT_FEATURES, dtype="float64")
+    out = np.full((len(events), len(LOT_FEATURES)), np.nan)
+    local = np.full((len(events), len(LOCAL_FEATURES)), np.nan)
+    col = {f: i for i, f in enumerate(LOT_FEATURES)}
+    lcol = {f: i for i, f in enumerate(LOCAL_FEATURES)}
+    lags = lags or {}
+    anchors = np.full(len(events), np.nan) if anchors is None else np.asarray(anchors, dtype="float64")
+
+    def frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+        return (pd.DataFrame(out, index=events.index, columns=LOT_FEATURES),
+                pd.DataFrame(local, index=events.index, columns=LOCAL_FEATURES))
+
     if events.empty or event_lots.empty:
-        return out
-    ev_line = events["line"].astype(str)
-    ev_ts = pd.Series(ts_ns(events["ts"]), index=events.index)
+        return frames()
+    ev_line = events["line"].astype(str).to_numpy(dtype=object)
+    ev_ts = ts_ns(events["ts"])
     lots = event_lots[["event", "lot"]].drop_duplicates()
     for name in reversed(LOT_STATIONS):  # slitting first: it links the cell's rolls to their coils
         buf = buffers.get(name)
@@ -126,40 +170,52 @@ def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[s
             continue
         sensors = list(station(name).sensor_names)
         # the window of each event: the last lot_memory readings of its (line, station) with ts <= event ts
-        cutoff = _window_bounds(buf, ev_line, ev_ts, lot_memory)
-        exploded = buf[["lots"]].explode("lots").dropna()
-        exploded = exploded.rename(columns={"lots": "lot"})
-        exploded["row"] = exploded.index.to_numpy()
+        hi = _window_end(buf, ev_line, ev_ts)
+        counts = buf["lots"].map(len).to_numpy()
+        exploded = pd.DataFrame({"lot": [lot for x in buf["lots"].tolist() for lot in x],
+                                 "row": np.repeat(np.arange(len(buf)), counts)})
         m = lots.merge(exploded, on="lot", how="inner")
         if m.empty:
             continue
-        rows = buf.loc[m["row"].to_numpy()]
-        ok = ((rows["line"].to_numpy() == ev_line.loc[m["event"]].to_numpy())
-              & (rows["pos"].to_numpy() > cutoff["lo"].loc[m["event"]].to_numpy())
-              & (rows["pos"].to_numpy() <= cutoff["hi"].loc[m["event"]].to_numpy()))
+        ev_i, row_i = m["event"].to_numpy(), m["row"].to_numpy()
+        pos = buf["pos"].to_numpy()[row_i]
+        ok = ((buf["line"].to_numpy(dtype=object)[row_i] == ev_line[ev_i])
+              & (pos > hi[ev_i] - lot_memory) & (pos <= hi[ev_i]))
         m = m.loc[ok, ["event", "row"]].drop_duplicates()
         if m.empty:
             continue
-        rows = buf.loc[m["row"].to_numpy(), ["anomaly_score", "is_anomaly", "run_start", *sensors]]
+        rows = buf.iloc[m["row"].to_numpy()][["anomaly_score", "is_anomaly", "run_start", *sensors]]
         rows = rows.set_axis(m["event"].to_numpy(), axis=0)
         g = rows.groupby(level=0, sort=False)
-        n = g.size()
-        idx = n.index
-        out.loc[idx, f"{name}.lot_readings"] = n.to_numpy(dtype="float64")
-        out.loc[idx, f"{name}.lot_max_score"] = g["anomaly_score"].max().to_numpy()
-        out.loc[idx, f"{name}.lot_mean_score"] = g["anomaly_score"].mean().to_numpy()
+        n = g.size().to_numpy(dtype="float64")
+        at = g.size().index.to_numpy()
         anomalous = g["is_anomaly"].sum().to_numpy(dtype="float64")
-        out.loc[idx, f"{name}.lot_anomalous"] = anomalous
-        out.loc[idx, f"{name}.lot_anomaly_rate"] = anomalous / n.to_numpy()
-        out.loc[idx, f"{name}.lot_runs"] = g["run_start"].sum().to_numpy(dtype="float64")
-        for agg in ("mean", "min", "max"):
-            vals = g[sensors].agg(agg)
-            out.loc[idx, [f"{name}.lot_{agg}.{s}" for s in sensors]] = vals.to_numpy(dtype="float64")
+        stats = [n, g["anomaly_score"].max().to_numpy(), g["anomaly_score"].mean().to_numpy(), anomalous,
+                 anomalous / n, g["run_start"].sum().to_numpy(dtype="float64")]
+        first = col[f"{name}.{LOT_STATS[0]}"]
+        out[at, first:first + len(LOT_STATS)] = np.column_stack(stats)
+        first = col[f"{name}.lot_mean.{sensors[0]}"]
+        out[at, first:first + len(sensors)] = g[sensors].mean().to_numpy(dtype="float64")
+        if name in lags and np.isfinite(anchors).any():
+            target = anchors[m["event"].to_numpy()] - lags[name] * 1e9
+            row_ts = ts_ns(buf["ts"].iloc[m["row"].to_numpy()]).astype("float64")
+            near = np.abs(row_ts - target) <= half_window_s * 1e9
+            if near.any():
+                lr = rows.iloc[np.flatnonzero(near)]
+                lg = lr.groupby(level=0, sort=False)
+                at = lg.size().index.to_numpy()
+                first = lcol[f"{name}.{LOCAL_STATS[0]}"]
+                local[at, first:first + len(LOCAL_STATS)] = np.column_stack([
+                    lg.size().to_numpy(dtype="float64"), lg["anomaly_score"].max().to_numpy(),
+                    lg["anomaly_score"].mean().to_numpy()])
+                for agg in ("mean", "min", "max"):
+                    first = lcol[f"{name}.local_{agg}.{sensors[0]}"]
+                    local[at, first:first + len(sensors)] = lg[sensors].agg(agg).to_numpy(dtype="float64")
         # the lots these readings carry (e.g. the coil of a roll) lead further upstream
         linked = exploded.loc[exploded["row"].isin(m["row"].unique())]
         more = m.merge(linked[["row", "lot"]], on="row")[["event", "lot"]]
         lots = pd.concat([lots, more], ignore_index=True).drop_duplicates()
-    return out
+    return frames()
 
 
 def ts_ns(ts: pd.Series) -> np.ndarray:
@@ -167,15 +223,15 @@ def ts_ns(ts: pd.Series) -> np.ndarray:
     return pd.DatetimeIndex(pd.to_datetime(ts, utc=True)).as_unit("ns").asi8
 
 
-def _window_bounds(buf: pd.DataFrame, ev_line: pd.Series, ev_ts: pd.Series, lot_memory: int) -> pd.DataFrame:
-    """Per event: stream positions (lo, hi] of the last ``lot_memory`` readings with ts <= the event's ts."""
-    hi = pd.Series(-1, index=ev_line.index, dtype="int64")
-    for line, sub in buf.groupby("line", sort=False):
-        sel = (ev_line == line).to_numpy()
+def _window_end(buf: pd.DataFrame, ev_line: np.ndarray, ev_ts: np.ndarray) -> np.ndarray:
+    """Per event: stream position of the last reading of its line in ``buf`` with ts <= the event's ts (-1: none)."""
+    hi = np.full(len(ev_line), -1, dtype=np.int64)
+    for line, idx in buf.groupby("line", sort=False).indices.items():
+        sel = ev_line == line
         if not sel.any():
             continue
-        ts = ts_ns(sub["ts"])
-        pos = sub["pos"].to_numpy()
-        k = np.searchsorted(ts, ev_ts[sel].to_numpy(), side="right")  # readings with ts <= event ts
+        ts = ts_ns(buf["ts"].iloc[idx])
+        pos = buf["pos"].to_numpy()[idx]
+        k = np.searchsorted(ts, ev_ts[sel], side="right")  # readings with ts <= event ts
         hi[sel] = np.where(k > 0, pos[np.maximum(k - 1, 0)], -1)
-    return pd.DataFrame({"lo": hi - lot_memory, "hi": hi})
+    return hi

@@ -23,22 +23,23 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 import pandas as pd
+
+from cellwatch.contract import READING_KEYS
 from cellwatch.detect.cell_features import (
+    CARRIED_FEATURES,
     FEATURE_NAMES,
     FEATURE_STATIONS,
     LOT_STATIONS,
-    OWN_FEATURES,
     STAGE,
     lot_features,
     lots_of,
     own_features,
+    ts_ns,
 )
 from cellwatch.detect.defect import DefectModel
 from cellwatch.detect.incidents import IncidentTracker
 from cellwatch.detect.registry import ModelRegistry, RegistryError
 from cellwatch.ingest.schema import TABLE
-
-from cellwatch.contract import READING_KEYS
 from cellwatch.stations import station, units
 
 SCORE_COLUMNS = [c for c in TABLE["scores"].column_names if c != "scored_at"]
@@ -53,6 +54,8 @@ class StationModels:
     """The ``stations`` artefact: one fitted StationModel per (station, recipe); recipe ``*`` = any recipe."""
 
     models: dict[tuple[str, str], object]
+    #: seconds the electrode takes from each electrode station to the winder (median, from the training genealogy)
+    material_lags: dict[str, float] = field(default_factory=dict)
     incident_k: int = 3
     incident_n: int = 5
     close_after: int = 10
@@ -83,15 +86,18 @@ class ScoringState:
     buffers: dict[str, pd.DataFrame] = field(default_factory=dict)
     #: readings seen per (line, station): the stream position of the next reading
     positions: dict[tuple[str, str], int] = field(default_factory=dict)
-    #: one row per open cell: line, lots ("|"-joined), last_ts, arrival, then OWN_FEATURES
+    #: one row per open cell: line, last_ts, arrival, then CARRIED_FEATURES
     cells: pd.DataFrame = field(default_factory=lambda: _empty_cells())
+    #: the lots the open cells' readings named: (cell_id, lot) rows
+    cell_lots: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"cell_id": pd.Series(dtype=object),
+                                                                          "lot": pd.Series(dtype=object)}))
     arrivals: int = 0
 
 
 def _empty_cells() -> pd.DataFrame:
-    frame = pd.DataFrame(columns=["line", "lots", "last_ts", "arrival", *OWN_FEATURES])
+    frame = pd.DataFrame(columns=["line", "last_ts", "arrival", *CARRIED_FEATURES])
     frame.index.name = "cell_id"
-    return frame.astype({c: "float64" for c in OWN_FEATURES} | {"arrival": "int64"})
+    return frame.astype({c: "float64" for c in CARRIED_FEATURES} | {"arrival": "int64"})
 
 
 @dataclass
@@ -275,39 +281,53 @@ class LineScorer:
             ev = ev.reset_index(drop=True)
             ev["cell_id"] = ev["cell_id"].astype(str)
             ev["arrival"] = arrival[ev_idx]
-            own = own_features(ev)
-            ev_lots = ["|".join(x) for x in lots_of(ev["tags"])]
+            anchors = np.where(ev["station"].to_numpy() == "winding", ts_ns(ev["ts"]).astype("float64"), np.nan)
+            lotf, localf = lot_features(ev[["line", "ts"]], self._event_lots(ev, state), state.buffers,
+                                        self.lot_memory, anchors, self.stations.material_lags)
+            own = pd.concat([own_features(ev), localf], axis=1)
             # accumulate: stored cell rows first, then this batch's events in arrival order
             stored = state.cells.loc[state.cells.index.intersection(ev["cell_id"].unique())]
             acc = pd.concat([
-                pd.DataFrame({"cell_id": stored.index.to_numpy(), "order": -1, "lots": stored["lots"].to_numpy()}
-                             ).join(stored[OWN_FEATURES].reset_index(drop=True)),
-                pd.DataFrame({"cell_id": ev["cell_id"].to_numpy(), "order": np.arange(len(ev)), "lots": ev_lots}
+                pd.DataFrame({"cell_id": stored.index.to_numpy(), "order": -1}
+                             ).join(stored[CARRIED_FEATURES].reset_index(drop=True)),
+                pd.DataFrame({"cell_id": ev["cell_id"].to_numpy(), "order": np.arange(len(ev))}
                              ).join(own.reset_index(drop=True)),
             ], ignore_index=True)
             acc = acc.sort_values(["cell_id", "order"], kind="stable")
-            acc[OWN_FEATURES] = acc.groupby("cell_id", sort=False)[OWN_FEATURES].ffill()
-            acc["lots"] = acc.groupby("cell_id", sort=False)["lots"].transform(_cumulative_lots)
+            acc[CARRIED_FEATURES] = acc.groupby("cell_id", sort=False)[CARRIED_FEATURES].ffill()
             rows = acc.loc[acc["order"] >= 0].set_index("order").sort_index()
-            event_lots = (rows["lots"].str.split("|").explode().rename("lot").reset_index()
-                          .rename(columns={"order": "event"}))
-            event_lots = event_lots.loc[event_lots["lot"].astype(bool)]
-            lotf = lot_features(ev[["line", "ts"]], event_lots, state.buffers, self.lot_memory)
             feats = pd.concat([
                 ev[["cell_id", "station", "line", "ts"]],
                 pd.DataFrame({"stage": ev["station"].map(STAGE).to_numpy(dtype="float64")}),
-                rows[OWN_FEATURES].reset_index(drop=True), lotf.reset_index(drop=True)], axis=1)
+                rows[CARRIED_FEATURES].reset_index(drop=True), lotf.reset_index(drop=True)], axis=1)
             # the open cells' new state: their last accumulated row
             last = rows.assign(cell_id=ev["cell_id"].to_numpy(), line=ev["line"].to_numpy(),
                                last_ts=ev["ts"].to_numpy(), arrival=ev["arrival"].to_numpy())
             last = last.drop_duplicates("cell_id", keep="last").set_index("cell_id")
-            last = last[["line", "lots", "last_ts", "arrival", *OWN_FEATURES]]
+            last = last[["line", "last_ts", "arrival", *CARRIED_FEATURES]]
             cells = state.cells.drop(index=state.cells.index.intersection(last.index))
             state.cells = last if cells.empty else pd.concat([cells, last])
         if is_eol.any():
             closed = pd.Index(r["cell_id"].to_numpy()[is_eol].astype(str))
             state.cells = state.cells.drop(index=state.cells.index.intersection(closed))
+            state.cell_lots = state.cell_lots.loc[~state.cell_lots["cell_id"].isin(closed)]
         return feats
+
+    def _event_lots(self, ev: pd.DataFrame, state: ScoringState) -> pd.DataFrame:
+        """(event, lot) rows: the lots a cell's earlier readings named plus those of its events so far.
+
+        Updates the open cells' lots in ``state``.
+        """
+        new_lots = _long_lots(ev["cell_id"].to_numpy(), lots_of(ev["tags"], parents=True))
+        known = state.cell_lots.loc[state.cell_lots["cell_id"].isin(ev["cell_id"].unique())]
+        all_lots = pd.concat([known.assign(order=-1), new_lots], ignore_index=True)
+        event_lots = pd.DataFrame({"event": np.arange(len(ev)), "cell_id": ev["cell_id"].to_numpy()}).merge(
+            all_lots, on="cell_id")
+        event_lots = event_lots.loc[event_lots["order"].to_numpy() <= event_lots["event"].to_numpy(),
+                                    ["event", "lot"]]
+        state.cell_lots = pd.concat([state.cell_lots, new_lots[["cell_id", "lot"]]],
+                                    ignore_index=True).drop_duplicates()
+        return event_lots
 
     def _predict(self, feats: pd.DataFrame) -> pd.DataFrame:
         if feats.empty or self.defect is None:
@@ -334,6 +354,7 @@ class LineScorer:
                     state.buffers[name] = buf.loc[keep].reset_index(drop=True)
         if len(state.cells) > self.max_open_cells:
             state.cells = state.cells.sort_values("arrival", kind="stable").iloc[-self.max_open_cells:]
+            state.cell_lots = state.cell_lots.loc[state.cell_lots["cell_id"].isin(state.cells.index)]
 
     # ------------------------------------------------------------------------------------------ bands
     def bands(self) -> pd.DataFrame:
@@ -353,15 +374,13 @@ class LineScorer:
         return pd.concat(frames, ignore_index=True)[BAND_COLUMNS]
 
 
-def _cumulative_lots(s: pd.Series) -> pd.Series:
-    """Running union of '|'-joined lot lists within one cell (sorted, so the result is order-free)."""
-    seen: set[str] = set()
-    out = []
-    for v in s.tolist():
-        if isinstance(v, str) and v:
-            seen.update(v.split("|"))
-        out.append("|".join(sorted(seen)))
-    return pd.Series(out, index=s.index)
+def _long_lots(cells: np.ndarray, lots: list[tuple[str, ...]]) -> pd.DataFrame:
+    """(cell_id, lot, order) rows: ``order`` is the event's position in the batch."""
+    counts = np.fromiter((len(x) for x in lots), dtype=np.int64, count=len(lots))
+    order = np.repeat(np.arange(len(lots)), counts)
+    flat = np.fromiter((lot for x in lots for lot in x), dtype=object, count=int(counts.sum()))
+    return pd.DataFrame({"cell_id": cells[order] if len(order) else np.empty(0, dtype=object), "lot": flat,
+                         "order": order})
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -43,12 +43,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class DefectModel:
     """LightGBM defect classifier with calibration, a cost-based threshold and per-cell explanations."""
 
-    n_estimators: int = 400
-    learning_rate: float = 0.05
-    num_leaves: int = 31
-    min_child_samples: int = 20
-    subsample: float = 0.9
-    colsample_bytree: float = 0.9
+    n_estimators: int = 300
+    learning_rate: float = 0.08
+    num_leaves: int = 15
+    min_child_samples: int = 40
+    subsample: float = 0.8
+    colsample_bytree: float = 0.5
+    max_bin: int = 63
     reg_lambda: float = 1.0
     calibration: str = "isotonic"       # isotonic | sigmoid
     validation_fraction: float = 0.25
@@ -83,8 +84,8 @@ class DefectModel:
             objective="binary", n_estimators=self.n_estimators, learning_rate=self.learning_rate,
             num_leaves=self.num_leaves, min_child_samples=self.min_child_samples, subsample=self.subsample,
             subsample_freq=1, colsample_bytree=self.colsample_bytree, reg_lambda=self.reg_lambda,
-            scale_pos_weight=self.scale_pos_weight_, random_state=self.random_state, n_jobs=self.n_jobs,
-            verbose=-1)
+            max_bin=self.max_bin, scale_pos_weight=self.scale_pos_weight_, random_state=self.random_state,
+            n_jobs=self.n_jobs, verbose=-1)
         self.classifier_.fit(Xtr, ytr, eval_X=(Xva,), eval_y=(yva,), eval_metric="binary_logloss",
                              callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)])
         raw_va = self.decision_function(Xva)
