@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 PRODUCER_CONFIG = {
     "acks": "all",
     "enable_idempotence": True,
-    "linger_ms": 20,
-    "batch_size": 256 * 1024,
+    "linger_ms": 50,
+    "batch_size": 1024 * 1024,
     "max_in_flight_requests_per_connection": 5,
     "retries": 10,
     "request_timeout_ms": 30000,
@@ -136,8 +136,15 @@ def stream(bootstrap: str, readings: pd.DataFrame, cell_results: pd.DataFrame | 
     t0 = time.perf_counter()
     sent = 0
     try:
-        for a in range(0, order.size, step):
-            idx = order[a:a + step]
+        ts_sorted = ts_all[order]
+        a = 0
+        while a < order.size:
+            b = min(a + step, order.size)
+            if pacer.speed is not None:
+                # following the timestamps: one chunk spans at most 50 ms of real time
+                b = min(b, max(a + 1, int(np.searchsorted(ts_sorted, ts_sorted[a] + 5e7 * pacer.speed, "right"))))
+            idx = order[a:b]
+            a = b
             pacer.wait(sent, int(ts_all[idx[0]]))
             is_r = idx < n_r
             r_idx, c_idx = idx[is_r], idx[~is_r] - n_r

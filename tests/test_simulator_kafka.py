@@ -81,6 +81,15 @@ def test_rate_limit_slows_the_stream(kafka_bootstrap, kafka_topic, small_run):
     assert len(_consume(kafka_bootstrap, topic, 1500)) == 1500
 
 
+def test_realtime_follows_the_timestamps(kafka_bootstrap, kafka_topic, small_run):
+    topic = kafka_topic(partitions=1, name="realtime")
+    r = small_run.readings
+    part = r[r["ts"] < r["ts"].min() + pd.Timedelta(minutes=5)]
+    stats = stream(kafka_bootstrap, part, None, topic_readings=topic, speed=300.0)   # 5 min at 300x = 1 s
+    assert stats.readings == len(part) and 0.9 <= stats.elapsed_s
+    assert len(_consume(kafka_bootstrap, topic, len(part))) == len(part)
+
+
 def test_cli_simulate_streams_into_kafka(kafka_bootstrap, kafka_topic, capsys):
     t_r, t_c = kafka_topic(name="cli-readings"), kafka_topic(name="cli-cells")
     argv = ["simulate", "--kafka", kafka_bootstrap, "--hours", "1.5", "--lines", "1", "--seed", "3",
