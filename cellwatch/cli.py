@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "cellwatch.ingest.cli",
     "cellwatch.dashboards.cli",
     "cellwatch.detect.cli_tabular",
+    "cellwatch.detect.cli",
 )
 
 DESCRIPTION = """\

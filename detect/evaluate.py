@@ -1,0 +1,196 @@
+"""Backtest: run the production LineScorer over held-out data and measure what it would have done.
+
+* **events** — incident recall over the ground-truth faults of detectable kinds (faults with sensors that
+  show them at their own station: sensor faults, mean shifts, tool wear), false incidents per station per
+  shift, median detection delay (:func:`~cellwatch.detect.metrics_events.event_metrics`);
+* **points** — precision / recall / F1 of ``is_anomaly`` against "inside a detectable fault window";
+* **defect** — ROC-AUC, PR-AUC and precision@k of the per-cell defect probability, over all stage rows, per
+  stage (the prediction after winding, filling, ...) and at the latest stage of each cell, plus the
+  confusion at the cost threshold.
+
+Everything goes through the same :class:`~cellwatch.detect.core.LineScorer` as the online service.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
+
+from cellwatch.detect.cell_features import FEATURE_NAMES, STAGE, ts_ns
+from cellwatch.detect.core import LineScorer, load_scorer
+from cellwatch.detect.metrics_events import event_metrics
+from cellwatch.detect.train import Dataset, load_dataset, replay_features
+
+SHIFT_HOURS = 8.0
+#: An incident that starts this long after a fault window still counts as detecting it (hysteresis tails).
+EVENT_TOLERANCE = pd.Timedelta(minutes=5)
+
+
+def detectable_faults(faults: pd.DataFrame) -> pd.DataFrame:
+    """Faults a station detector can see at its own station: those with sensors that show them."""
+    if faults.empty:
+        return faults
+    has_sensors = faults["sensors"].map(lambda s: s is not None and len(s) > 0) if "sensors" in faults else True
+    return faults.loc[has_sensors].reset_index(drop=True)
+
+
+def run_backtest(scorer: LineScorer, data: Dataset, progress: bool = True) -> dict[str, pd.DataFrame]:
+    """Scores, final incident states, predictions and feature rows of a whole dataset."""
+    features, results = replay_features(scorer, data.readings, progress=progress, desc="backtest")
+    scores = pd.concat([r.scores for r in results if len(r.scores)], ignore_index=True)
+    inc = [r.incidents for r in results if len(r.incidents)]
+    incidents = pd.concat(inc, ignore_index=True).drop_duplicates("incident_id", keep="last") if inc else \
+        pd.DataFrame(columns=results[0].incidents.columns if results else [])
+    pred = [r.predictions for r in results if len(r.predictions)]
+    predictions = pd.concat(pred, ignore_index=True) if pred else pd.DataFrame()
+    return {"scores": scores, "incidents": incidents.reset_index(drop=True), "predictions": predictions,
+            "features": features}
+
+
+def point_labels(scores: pd.DataFrame, faults: pd.DataFrame) -> np.ndarray:
+    """True where a reading lies inside a (detectable) fault window of its own (line, station)."""
+    y = np.zeros(len(scores), dtype=bool)
+    if faults.empty:
+        return y
+    t = ts_ns(scores["ts"])
+    key = (scores["line"].astype(str) + "/" + scores["station"].astype(str)).to_numpy()
+    for f in faults.itertuples(index=False):
+        sel = key == f"{f.line}/{f.station}"
+        s, e = ts_ns(pd.Series([f.start_ts, f.end_ts]))
+        y |= sel & (t >= s) & (t <= e)
+    return y
+
+
+def event_level(scores: pd.DataFrame, incidents: pd.DataFrame, faults: pd.DataFrame) -> dict:
+    truth = detectable_faults(faults)
+    hours = (scores["ts"].max() - scores["ts"].min()).total_seconds() / 3600 if len(scores) else 0.0
+    streams = scores.groupby(["line", "station"]).ngroups
+    alerts = incidents[["line", "station", "start_ts", "end_ts"]] if len(incidents) else \
+        pd.DataFrame(columns=["line", "station", "start_ts", "end_ts"])
+    m = event_metrics(truth[["line", "station", "start_ts", "end_ts"]], alerts, tolerance=EVENT_TOLERANCE)
+    shifts = streams * hours / SHIFT_HOURS
+    m["false_incidents_per_station_shift"] = m["false_alarms"] / shifts if shifts else float("nan")
+    m["hours"] = hours
+    m["streams"] = streams
+    by_type = {}
+    for kind, g in truth.groupby("type"):
+        mk = event_metrics(g[["line", "station", "start_ts", "end_ts"]], alerts, tolerance=EVENT_TOLERANCE)
+        by_type[str(kind)] = {"faults": mk["faults"], "detected": mk["detected"], "recall": mk["recall"]}
+    m["by_type"] = by_type
+    if len(truth):
+        detected = []
+        for f in truth.itertuples(index=False):
+            sub = alerts.loc[(alerts["line"] == f.line) & (alerts["station"] == f.station)]
+            a_s = pd.to_datetime(sub["start_ts"], utc=True)
+            a_e = pd.to_datetime(sub["end_ts"], utc=True).fillna(pd.Timestamp.max.tz_localize("UTC"))
+            detected.append(bool(((a_s <= f.end_ts + EVENT_TOLERANCE) & (a_e >= f.start_ts)).any()))
+        m["missed"] = truth.loc[~np.asarray(detected), ["fault_id", "type", "line", "station"]].to_dict("records")
+    return m
+
+
+def point_level(scores: pd.DataFrame, faults: pd.DataFrame) -> dict:
+    y = point_labels(scores, detectable_faults(faults))
+    p = scores["is_anomaly"].to_numpy(dtype=bool)
+    return {"readings": len(y), "positives": int(y.sum()), "flagged": int(p.sum()),
+            "precision": float(precision_score(y, p, zero_division=0)),
+            "recall": float(recall_score(y, p, zero_division=0)), "f1": float(f1_score(y, p, zero_division=0))}
+
+
+def precision_at_k(y: np.ndarray, p: np.ndarray, k: int) -> float:
+    k = min(k, len(y))
+    if k <= 0:
+        return float("nan")
+    top = np.argsort(-p, kind="stable")[:k]
+    return float(np.mean(y[top]))
+
+
+def _defect_scores(y: np.ndarray, p: np.ndarray) -> dict:
+    out = {"rows": len(y), "defects": int(y.sum())}
+    if len(np.unique(y)) < 2:
+        return out | {"roc_auc": float("nan"), "pr_auc": float("nan")}
+    return out | {"roc_auc": float(roc_auc_score(y, p)), "pr_auc": float(average_precision_score(y, p)),
+                  "precision_at_100": precision_at_k(y, p, 100),
+                  "precision_at_defects": precision_at_k(y, p, int(y.sum()))}
+
+
+def labelled_predictions(predictions: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    lab = cells.drop_duplicates("cell_id", keep="last").set_index("cell_id")
+    lab = lab.loc[lab["defect"].notna()]
+    out = predictions.loc[predictions["cell_id"].isin(lab.index)].copy()
+    out["defect"] = out["cell_id"].map(lab["defect"]).astype(bool)
+    out["defect_type"] = out["cell_id"].map(lab["defect_type"])
+    return out.reset_index(drop=True)
+
+
+def defect_level(pred: pd.DataFrame) -> dict:
+    if pred.empty:
+        return {"rows": 0}
+    y = pred["defect"].to_numpy(dtype=bool)
+    p = pred["defect_probability"].to_numpy(dtype="float64")
+    out = {"all_stages": _defect_scores(y, p)}
+    out["by_stage"] = {st: _defect_scores(g["defect"].to_numpy(bool), g["defect_probability"].to_numpy())
+                       for st, g in pred.groupby("station") if st in STAGE}
+    last = pred.assign(_s=pred["station"].map(STAGE)).sort_values("_s").drop_duplicates("cell_id", keep="last")
+    out["latest_stage"] = _defect_scores(last["defect"].to_numpy(bool), last["defect_probability"].to_numpy())
+    flagged = last["predicted_defect"].to_numpy(dtype=bool)
+    yl = last["defect"].to_numpy(dtype=bool)
+    out["at_threshold_latest_stage"] = {
+        "flagged": int(flagged.sum()), "true_positives": int((flagged & yl).sum()),
+        "false_positives": int((flagged & ~yl).sum()), "missed": int((~flagged & yl).sum()),
+        "precision": float(precision_score(yl, flagged, zero_division=0)),
+        "recall": float(recall_score(yl, flagged, zero_division=0))}
+    typed = last.loc[flagged & yl & last["predicted_type"].notna()]
+    if len(typed):
+        out["type_accuracy_on_caught"] = float((typed["predicted_type"] == typed["defect_type"]).mean())
+    return out
+
+
+def summary_text(metrics: dict) -> str:
+    e, p, d = metrics["events"], metrics["points"], metrics["defect"]
+    lines = [
+        f"events: {e['detected']}/{e['faults']} detectable faults caught (recall {e['recall']:.3f}), "
+        f"{e['false_alarms']} false incidents = {e['false_incidents_per_station_shift']:.2f} per station per shift, "
+        f"median delay {e['median_delay_s']:.0f} s",
+        f"points: precision {p['precision']:.3f} recall {p['recall']:.3f} F1 {p['f1']:.3f}",
+    ]
+    if "all_stages" in d:
+        a, last = d["all_stages"], d["latest_stage"]
+        lines.append(f"defect: ROC-AUC {a['roc_auc']:.3f} PR-AUC {a['pr_auc']:.3f} (all stage rows); latest stage "
+                     f"ROC-AUC {last['roc_auc']:.3f} PR-AUC {last['pr_auc']:.3f}")
+        lines.append("  by stage: " + ", ".join(f"{k} {v['roc_auc']:.3f}" for k, v in d["by_stage"].items()))
+    return "\n".join(lines)
+
+
+def evaluate(data_dir: str | Path, models_dir: str | Path, report_dir: str | Path, progress: bool = True,
+             plots: bool = True) -> dict:
+    """Backtest the production models on ``data_dir``; writes metrics.json (+ plots, index.html) to ``report_dir``."""
+    t0 = time.perf_counter()
+    report = Path(report_dir)
+    report.mkdir(parents=True, exist_ok=True)
+    scorer = load_scorer(models_dir)
+    data = load_dataset(data_dir)
+    bt = run_backtest(scorer, data, progress=progress)
+    pred = labelled_predictions(bt["predictions"], data.cells) if len(bt["predictions"]) else pd.DataFrame()
+    metrics = {
+        "model_version": scorer.model_version, "data_dir": str(data_dir),
+        "events": event_level(bt["scores"], bt["incidents"], data.faults),
+        "points": point_level(bt["scores"], data.faults),
+        "defect": defect_level(pred),
+    }
+    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    metrics["summary_text"] = summary_text(metrics)
+    if plots:
+        from cellwatch.detect.report import write_report
+
+        importance = None
+        if scorer.defect is not None and len(bt["features"]):
+            sample = bt["features"].sample(min(2000, len(bt["features"])), random_state=0)
+            importance = scorer.defect.feature_importance(sample[FEATURE_NAMES])
+        metrics["figures"] = write_report(report, metrics, bt, data, pred, importance)
+    (report / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
+    return metrics
