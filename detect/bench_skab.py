@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from cellwatch.detect.incidents import open_mask
 from cellwatch.detect.metrics_events import skab_changepoints, skab_nab_score, skab_outlier_metrics
 from cellwatch.detect.station_model import StationModel
-
 from cellwatch.errors import CellwatchError
 
 TRAIN_ROWS = 400
@@ -73,10 +73,19 @@ def predict_file(df: pd.DataFrame, settings: dict | None = None) -> tuple[np.nda
     return pred.astype(int), scored
 
 
-def run_skab(data_dir: str | Path, settings: dict | None = None) -> dict:
-    """Run the SKAB leaderboard protocol; return our figures, the published ones and a printable table."""
+def run_skab(data_dir: str | Path, settings: dict | None = None, files: list[str] | None = None) -> dict:
+    """Run the SKAB leaderboard protocol; return our figures, the published ones and a printable table.
+
+    ``files`` (e.g. ``["valve1/0.csv"]``) restricts the run to a subset (for tests); the published figures
+    are for all 34 files.
+    """
     y_true, y_pred, cp_files = [], [], []
-    for path in skab_files(data_dir):
+    paths = skab_files(data_dir)
+    if files is not None:
+        paths = [p for p in paths if f"{p.parent.name}/{p.name}" in set(files)]
+        if len(paths) != len(set(files)):
+            raise CellwatchError(f"SKAB files not found under {data_dir}: {sorted(files)}")
+    for path in paths:
         df = read_skab(path)
         pred, _ = predict_file(df, settings)
         test = df.iloc[TRAIN_ROWS:]

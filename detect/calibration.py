@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from cellwatch.detect.incidents import count_incidents
 
 #: Decades of tail probability mapped onto the score scale: p = 1e-6 -> score 1.

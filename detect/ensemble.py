@@ -17,10 +17,11 @@ the ensemble probability is their Bonferroni-corrected minimum.
 from __future__ import annotations
 
 import numpy as np
-from cellwatch.detect.calibration import TailCalibrator, combine
 from pyod.models.hbos import HBOS
 from pyod.models.iforest import IForest
 from pyod.models.pca import PCA
+
+from cellwatch.detect.calibration import TailCalibrator, combine
 
 MEMBERS = ("hbos", "iforest", "pca", "maxz", "ecdf")
 _FIT_ROWS = 20_000     # subsample for the model members (IForest/PCA/HBOS)
@@ -58,8 +59,10 @@ class FeatureEnsemble:
             self.models_["iforest"] = IForest(n_estimators=100, max_samples=min(256, len(Z)), contamination=0.01,
                                               random_state=self.random_state).fit(Z)
         if "pca" in self.members and Z.shape[1] >= 2 and len(Z) > Z.shape[1]:
+            # keep the components that carry variance: window features are partly collinear by construction
+            # (e.g. jump is a combination of level and mean), and a zero-variance component would divide by 0
             self.models_["pca"] = PCA(contamination=0.01, random_state=self.random_state, standardization=False,
-                                      n_components=min(Z.shape[1], max(1, len(Z) - 1))).fit(Z)
+                                      n_components=0.99999, svd_solver="full").fit(Z)
         self.active_ = tuple(m for m in self.members if m in self.models_ or m in ("maxz", "ecdf"))
         return self
 

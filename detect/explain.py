@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+
 from cellwatch.detect.quality import ISSUES
 
 TOP_N = 3

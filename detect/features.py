@@ -6,7 +6,9 @@ For every sensor and every row the features look at the last ``window`` readings
 * ``level``  - the current robust z value ``(x - median) / scale``;
 * ``mean``   - the mean z over the window (a moving-average control chart: small mean shifts);
 * ``spread`` - log ratio of the window standard deviation to its training median (noise increase / loss);
-* ``slope``  - least-squares slope over the window times the window length (drift in z units per window).
+* ``slope``  - least-squares slope over the window times the window length (drift in z units per window);
+* ``jump``   - the reading minus the mean of the window before it, in units of the typical window spread
+  (a spike or step against the local behaviour, even on a sensor whose level moves a lot).
 
 Each window is reduced independently (``sliding_window_view``), so a row's features depend only on its
 own window: cutting the stream into batches, or restarting from the last readings, gives bit-identical
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-FEATURES = ("level", "mean", "spread", "slope")
+FEATURES = ("level", "mean", "spread", "slope", "jump")
 #: Rows per chunk so that a chunk's (rows x sensors x window) view stays around 16M floats.
 _CHUNK_ELEMENTS = 16_000_000
 _EPS = 1e-9
@@ -82,14 +84,14 @@ def window_features(z_context: np.ndarray, n_out: int, window: int, ref_std: np.
 
     ``z_context`` holds the line's tail (past readings) followed by the rows to score; NaN = missing
     reading, imputed by the expected value (z = 0) for the level and ignored by the window statistics.
-    Returns an (n_out x 4*sensors) matrix in :func:`feature_names` order.
+    Returns an (n_out x 5*sensors) matrix in :func:`feature_names` order.
     """
     n_ctx, s = z_context.shape
     start = n_ctx - n_out
     ctx_from = max(0, start - (window - 1))
     z = z_context[ctx_from:]
     off = start - ctx_from
-    out = np.empty((n_out, 4 * s), dtype="float64")
+    out = np.empty((n_out, len(FEATURES) * s), dtype="float64")
     step = max(1, _CHUNK_ELEMENTS // max(1, s * window))
     for a in range(0, n_out, step):
         b = min(n_out, a + step)
@@ -107,6 +109,9 @@ def window_features(z_context: np.ndarray, n_out: int, window: int, ref_std: np.
         out[a:b, s:2 * s] = np.nan_to_num(mean, nan=0.0)
         out[a:b, 2 * s:3 * s] = spread
         out[a:b, 3 * s:4 * s] = np.where(enough, slope, 0.0)
+        prev_mean = (mean * cnt - np.nan_to_num(level)) / np.maximum(cnt - 1, 1)  # window mean without the reading
+        jump = (level - prev_mean) / (ref_std + 0.05)
+        out[a:b, 4 * s:5 * s] = np.where(enough & ~np.isnan(level), jump, 0.0)
     return out
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 import pandas as pd
+
 from cellwatch.ingest.schema import TABLE
 
 INCIDENT_COLUMNS = TABLE["incidents"].column_names
@@ -73,6 +74,24 @@ class _Stream:
     last_ts: pd.Timestamp | None = None
 
 
+_TIME_COLUMNS = ("start_ts", "end_ts", "peak_ts", "updated_at")
+
+
+def _incident_frame(rows: list[dict]) -> pd.DataFrame:
+    """Incident rows with the same dtypes whether empty or not (text as object, times as UTC timestamps)."""
+    frame = pd.DataFrame(rows, columns=INCIDENT_COLUMNS)
+    for c in INCIDENT_COLUMNS:
+        if c in _TIME_COLUMNS:
+            frame[c] = pd.to_datetime(frame[c], utc=True)
+        elif c == "peak_score":
+            frame[c] = frame[c].astype("float64")
+        elif c == "n_anomalous":
+            frame[c] = frame[c].astype("int64")
+        else:
+            frame[c] = frame[c].astype(object)
+    return frame
+
+
 def _sensor_names(top: object) -> list[str]:
     if not isinstance(top, str) or not top:
         return []
@@ -118,7 +137,7 @@ class IncidentTracker:
             raise ValueError(f"scored rows lack columns {sorted(missing)}")
         out: dict[str, dict] = {}
         if scored.empty:
-            return pd.DataFrame(columns=INCIDENT_COLUMNS)
+            return _incident_frame([])
         ts_all = pd.to_datetime(scored["ts"], utc=True)
         flags_all = scored["is_anomaly"].to_numpy(dtype=bool)
         codes, keys = pd.factorize(pd.MultiIndex.from_arrays([scored["line"].astype(str),
@@ -153,9 +172,7 @@ class IncidentTracker:
             st.pos = base + rows.size
             st.last_ts = ts.iloc[-1]
             self._close_if_quiet(key, st, st.pos, out, st.last_ts)
-        if not out:
-            return pd.DataFrame(columns=INCIDENT_COLUMNS)
-        return pd.DataFrame(list(out.values()), columns=INCIDENT_COLUMNS)
+        return _incident_frame(list(out.values()))
 
     def _close_if_quiet(self, key, st: _Stream, pos: int, out: dict, now: pd.Timestamp) -> None:
         """Close the open incident when at least ``close_after`` normal readings preceded position ``pos``."""

@@ -179,7 +179,8 @@ def event_metrics(truth: pd.DataFrame, alerts: pd.DataFrame, tolerance: pd.Timed
     t_e = (pd.to_datetime(truth["end_ts"], utc=True) + tolerance).to_numpy()
     a_s = pd.to_datetime(alerts["start_ts"], utc=True).to_numpy() if len(alerts) else np.array([], "datetime64[ns]")
     a_e_raw = pd.to_datetime(alerts["end_ts"], utc=True) if len(alerts) else pd.Series([], dtype="datetime64[ns, UTC]")
-    a_e = a_e_raw.fillna(pd.Timestamp.max.tz_localize("UTC")).to_numpy() if len(alerts) else a_s
+    open_end = pd.Timestamp("2200-01-01", tz="UTC").as_unit(a_e_raw.dt.unit)  # an open alert has not ended
+    a_e = a_e_raw.fillna(open_end).to_numpy() if len(alerts) else a_s
     same = np.ones((len(truth), len(alerts)), dtype=bool)
     for k in keys:
         same &= truth[k].astype(str).to_numpy()[:, None] == alerts[k].astype(str).to_numpy()[None, :]

@@ -29,14 +29,14 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-from cellwatch.detect.calibration import probability_to_score, threshold_for_budget
-from cellwatch.detect.ensemble import MEMBERS, FeatureEnsemble
-from cellwatch.detect.explain import sensor_contributions, top_sensors_json
-from cellwatch.detect.features import RobustScaler, feature_names, reference_std, window_features
-from cellwatch.detect.quality import QualityChecker
 
 from cellwatch import __version__
 from cellwatch.contract import READING_KEYS
+from cellwatch.detect.calibration import probability_to_score, threshold_for_budget
+from cellwatch.detect.ensemble import MEMBERS, FeatureEnsemble
+from cellwatch.detect.explain import sensor_contributions, top_sensors_json
+from cellwatch.detect.features import FEATURES, RobustScaler, feature_names, reference_std, window_features
+from cellwatch.detect.quality import QualityChecker
 
 SCORE_COLUMNS = ("anomaly_score", "is_anomaly", "kind", "top_sensors")
 _NO_LINE = "_"
@@ -144,7 +144,7 @@ class StationModel:
         self.scaler_ = RobustScaler.fit(raw[fit_rows])
         z = self.scaler_.transform(raw)
         self.ref_std_ = reference_std([z[idx][fit_rows[idx]] for _, idx in lines], self.window)
-        F = np.empty((len(train), 4 * len(self.sensors_)))
+        F = np.empty((len(train), len(FEATURES) * len(self.sensors_)))
         for _, idx in lines:
             F[idx] = window_features(z[idx], len(idx), self.window, self.ref_std_)
         self.ensemble_ = FeatureEnsemble(self.members, self.random_state, self.scale_floor).fit(F[fit_rows])
@@ -234,7 +234,7 @@ class StationModel:
         raw = self._raw(readings)
         times = _epoch_seconds(readings.get("ts"), n_rows)
         s = len(self.sensors_)
-        F = np.empty((n_rows, 4 * s))
+        F = np.empty((n_rows, len(FEATURES) * s))
         issues = {k: np.zeros((n_rows, s), dtype=bool) for k in ("out_of_range", "missing", "stuck")}
         gap = np.zeros(n_rows, dtype=bool)
         dt_out = np.full(n_rows, np.nan)
@@ -269,8 +269,8 @@ class StationModel:
                                          self.sensors_, sub_issues, gap[rows], dt_out[rows], self.median_dt_)
         out["anomaly_score"] = score
         out["is_anomaly"] = is_anom
-        out["kind"] = kind
-        out["top_sensors"] = top
+        out["kind"] = pd.Series(kind, index=out.index, dtype=object)
+        out["top_sensors"] = pd.Series(top, index=out.index, dtype=object)
         return out
 
     # ------------------------------------------------------------------------------------------ PyOD vocabulary

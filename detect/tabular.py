@@ -22,9 +22,9 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pandas as pd
-from cellwatch.detect.station_model import StationModel
 
 from cellwatch import __version__
+from cellwatch.detect.station_model import StationModel
 from cellwatch.errors import CellwatchError
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,54 @@
+"""Benchmarks on small slices of the shared datasets (the full runs are `cellwatch benchmark skab|nab`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellwatch.detect.bench_nab import published_anchors, run_nab
+from cellwatch.detect.bench_skab import read_skab, run_skab, skab_files
+from cellwatch.errors import CellwatchError
+
+DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+pytestmark = pytest.mark.skipif(not DATASETS.is_dir(), reason=f"shared datasets not found at {DATASETS}")
+
+
+def test_skab_files_and_split_follow_the_protocol():
+    files = skab_files(DATASETS / "skab")
+    assert len(files) == 34
+    rows = sum(len(read_skab(p)) - 400 for p in files)
+    assert rows == 23801  # the README's test-part size under the 400-row split
+
+
+def test_run_skab_on_a_slice():
+    r = run_skab(DATASETS / "skab", files=["valve1/0.csv", "other/5.csv"])
+    ours = r["ours"]
+    assert r["dataset"] == "skab" and ours["files"] == 2
+    assert 0 <= ours["far"] <= 100 and 0 <= ours["mar"] <= 100
+    assert ours["f1"] > 0.5  # two clear anomalies: a working detector finds most of both
+    assert ours["changepoints"] == 6  # valve1/0: 4, other/5: 2 (counted from the files)
+    assert "cellwatch StationModel" in r["table"] and "Conv-AE" in r["table"]
+    with pytest.raises(CellwatchError):
+        run_skab(DATASETS / "skab", files=["valve9/0.csv"])
+
+
+def test_published_nab_anchors_reproduce_the_readme_table():
+    import json
+    windows = json.loads((DATASETS / "nab" / "labels" / "combined_windows.json").read_text())
+    a = published_anchors(DATASETS / "nab", windows)
+    assert a["ARTime"] == {"standard": 77.0, "reward_low_FP_rate": 67.7, "reward_low_FN_rate": 82.26}
+    assert a["contextOSE"]["standard"] == 75.41 and a["expose"]["reward_low_FP_rate"] == 2.81
+    assert a["null"]["standard"] == 0.0
+
+
+def test_run_nab_on_a_slice():
+    files = ["artificialWithAnomaly/art_daily_jumpsup.csv", "artificialNoAnomaly/art_daily_small_noise.csv"]
+    r = run_nab(DATASETS / "nab", files=files)
+    assert r["files"] == 2 and r["windows"] == 1
+    for prof in ("standard", "reward_low_FP_rate", "reward_low_FN_rate"):
+        assert -100 <= r["ours"][prof]["score"] <= 100
+        assert 0 < r["ours"][prof]["threshold"] <= 1
+    assert r["ours"]["standard"]["score"] > 50  # the jump is found inside its window
+    assert np.isfinite(r["published"]["ARTime"]["standard"])
