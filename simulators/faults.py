@@ -214,7 +214,8 @@ def apply_sensor_faults(faults: Sequence[Fault], station_name: str, wall: np.nda
                         values: dict[str, np.ndarray], rng: np.random.Generator, start_ts) -> None:
     """Corrupt the reported ``values`` (rows in time order at ``wall``) in place, recording the parameters.
 
-    drift: linear ramp to 6 local SDs; spike: 3+ single readings 8-14 SDs off (times in ``spike_ts``);
+    drift: linear ramp to 6 local SDs; spike: 3+ single readings 8-14 SDs (local or whole-stream, the larger)
+    off (times in ``spike_ts``);
     stuck: the last value before the window, held; noise: extra white noise of 4 local SDs.
     """
     import pandas as pd
@@ -241,6 +242,9 @@ def apply_sensor_faults(faults: Sequence[Fault], station_name: str, wall: np.nda
             f.magnitude = float(held)
             v[inside] = held
         elif f.type == "spike":
+            # against the larger of the local and the whole-stream spread: a spike stands out of the stream
+            finite = v[np.isfinite(v)]
+            sd = max(sd, float(1.4826 * np.median(np.abs(finite - np.median(finite)))))
             k = int(min(inside.size, max(3, (f.end - f.start) // 600)))
             rows = np.sort(rng.choice(inside, size=k, replace=False))
             mags = rng.uniform(8.0, 14.0, k) * rng.choice([-1.0, 1.0], k) * sd
@@ -251,4 +255,4 @@ def apply_sensor_faults(faults: Sequence[Fault], station_name: str, wall: np.nda
             f.magnitude = float(np.max(np.abs(mags)))
             times = pd.to_datetime(start_ts) + pd.to_timedelta(np.round(wall[rows] * 1000), unit="ms")
             f.params["spike_ts"] = [t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" for t in times]
-        f.params["local_sd"] = sd
+        f.params["scale_sd"] = sd

@@ -112,7 +112,7 @@ def test_spikes_are_extreme_at_the_listed_times(runs, clean):
         at = rows["ts"].isin(times).to_numpy()
         assert at.sum() == len(times) and _inside(rows, f)[at].all()
         jump = np.abs(rows[f.sensors[0]].to_numpy() - base[f.sensors[0]].to_numpy())
-        assert (jump[at] >= 8 * params["local_sd"] * 0.999).all()
+        assert (jump[at] >= 8 * params["scale_sd"] * 0.999).all()
         inside = _inside(rows, f)
         assert (jump[inside & ~at] == 0).all()
         assert (jump[~_any_window(res, f, rows)] == 0).all()

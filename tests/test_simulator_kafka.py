@@ -86,7 +86,7 @@ def test_realtime_follows_the_timestamps(kafka_bootstrap, kafka_topic, small_run
     r = small_run.readings
     part = r[r["ts"] < r["ts"].min() + pd.Timedelta(minutes=5)]
     stats = stream(kafka_bootstrap, part, None, topic_readings=topic, speed=300.0)   # 5 min at 300x = 1 s
-    assert stats.readings == len(part) and 0.9 <= stats.elapsed_s
+    assert stats.readings == len(part) and stats.elapsed_s >= 0.9
     assert len(_consume(kafka_bootstrap, topic, len(part))) == len(part)
 
 
