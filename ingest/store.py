@@ -324,7 +324,7 @@ class PostgresStore(Store):
         if self.schema:
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             conn.execute(f'SET search_path TO "{self.schema}"')
-        self._temp_ready = False
+        self._temp_ready: set[str] = set()
         return conn
 
     @property
@@ -365,21 +365,22 @@ class PostgresStore(Store):
                              (SCHEMA_VERSION, datetime.now(UTC).isoformat()))
         self._run(go)
 
-    def _ensure_temp(self, conn) -> None:
-        if self._temp_ready:
+    def _ensure_temp(self, conn, table: str) -> None:
+        """A session temp table ``tmp_<table>`` without NOT NULLs (a batch may fill only some columns)."""
+        if table in self._temp_ready:
             return
-        for name in dict.fromkeys(p.table for p in POLICIES.values()):
-            conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS tmp_{name} (LIKE {name}) ON COMMIT DELETE ROWS")
-            # the temp copy carries no key: a batch may hold rows that only partially fill the table
-            for col, _, null in TABLE[name].columns:
-                if not null:
-                    conn.execute(f"ALTER TABLE tmp_{name} ALTER COLUMN {col} DROP NOT NULL")
-        self._temp_ready = True
+        drops = "".join(f", ALTER COLUMN {c} DROP NOT NULL" for c, _, null in TABLE[table].columns if not null)
+        conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS tmp_{table} (LIKE {table}) ON COMMIT DELETE ROWS")
+        if drops:
+            conn.execute(f"ALTER TABLE tmp_{table} {drops[2:]}")
+        self._temp_ready.add(table)
 
     def write(self, batch: Mapping[str, pd.DataFrame]) -> None:
         def go(conn):
             if self.method == "copy":
-                self._ensure_temp(conn)
+                for name, frame in batch.items():
+                    if frame is not None and not frame.empty:
+                        self._ensure_temp(conn, POLICIES[name].table)
             with conn.transaction():
                 for name, frame in batch.items():
                     if frame is None or frame.empty:
