@@ -30,6 +30,7 @@ from cellwatch.detect.defect import DefectModel
 from cellwatch.detect.registry import ModelRegistry, data_hash
 from cellwatch.detect.station_model import StationModel
 from cellwatch.errors import CellwatchError
+from cellwatch.simulators.files import read_dataset
 from cellwatch.stations import STATION_NAMES
 
 log = logging.getLogger(__name__)
@@ -54,33 +55,19 @@ def load_dataset(data_dir: str | Path) -> Dataset:
     d = Path(data_dir)
     if not d.is_dir():
         raise CellwatchError(f"data directory {d} does not exist")
+    missing = [f for f in ("readings.parquet", "cells.parquet") if not (d / f).is_file()]
+    if missing:
+        raise CellwatchError(f"{d} lacks {', '.join(missing)} (write one with `cellwatch simulate --out {d}`)")
     try:
-        from cellwatch.simulators import read_dataset
-    except ImportError:
-        read_dataset = None
-    if read_dataset is not None:
         data = read_dataset(d)
-        readings, cells, faults = _parts(data)
-    else:
-        missing = [f for f in ("readings.parquet", "cells.parquet") if not (d / f).is_file()]
-        if missing:
-            raise CellwatchError(f"{d} lacks {', '.join(missing)} (write one with `cellwatch simulate --out {d}`)")
-        readings = pd.read_parquet(d / "readings.parquet")
-        cells = pd.read_parquet(d / "cells.parquet")
-        faults = pd.read_parquet(d / "faults.parquet") if (d / "faults.parquet").is_file() else pd.DataFrame()
+    except (OSError, ValueError) as exc:
+        raise CellwatchError(f"cannot read the dataset in {d}: {exc}") from exc
+    readings, cells, faults = data.readings, data.cells, data.faults
     if readings.empty:
         raise CellwatchError(f"{d}: readings are empty")
     readings = readings.assign(ts=pd.to_datetime(readings["ts"], utc=True))
     readings = readings.sort_values("ts", kind="stable").reset_index(drop=True)
     return Dataset(readings, cells, _normalise_faults(faults))
-
-
-def _parts(data) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    if isinstance(data, dict):
-        return data["readings"], data["cells"], data.get("faults", pd.DataFrame())
-    if isinstance(data, tuple):
-        return data[0], data[1], data[2] if len(data) > 2 else pd.DataFrame()
-    return data.readings, data.cells, getattr(data, "faults", pd.DataFrame())
 
 
 def _normalise_faults(faults: pd.DataFrame) -> pd.DataFrame:
