@@ -1,9 +1,11 @@
 """Lot genealogy: slurry batch -> mother coil (+ web position) -> slit daughter roll -> cell.
 
-Plus the lots that join at assembly: anode rolls (from the anode shop), electrolyte lots (shared by all
-lines), formation channel and aging slot. Ids are readable and sortable, e.g. ``L1-SB0003`` (slurry
-batch), ``L1-C0009`` (coil), ``L1-C0009-S2`` (lane 2 of that coil), ``L1-AR0004``, ``EL-081412``,
-``L1-FC017``, ``L1-AS03-117``, cells ``L1-0001234``.
+Plus the lots that join at assembly: anode rolls (from the anode shop: anode slurry batch -> anode coil ->
+anode roll, no readings), electrolyte lots (shared by all lines), formation channel and aging slot. Ids are
+readable and sortable, e.g. ``L1-SB0003`` (slurry batch), ``L1-C0009`` (coil), ``L1-C0009-S2`` (lane 2 of
+that coil), ``L1-AR0004`` / ``L1-AC0001`` / ``L1-ASB0000`` (anode roll / coil / batch), ``EL-081412``
+(electrolyte lot), ``L1-FC017`` (formation channel), ``L1-AS03117`` (aging rack 03, slot 117), cells
+``L1-0001234``.
 
 Batches and coils made before the run (the inventory the first cells are built from) get ids too;
 they simply have no readings.
@@ -80,10 +82,18 @@ class Genealogy:
             "formation_channel": _fmt(f"{line}-FC", channel, 3),
             "aging_slot": _fmt(f"{line}-AS", (slot // 200) % 40 * 1000 + slot % 200, 5),
         }
-        for kind, col in (("anode_roll", "anode_roll_id"), ("electrolyte_lot", "electrolyte_lot")):
-            u = pd.unique(out[col])
-            self._rows.append(pd.DataFrame({"lot_id": u, "kind": kind, "parent_id": None, "line":
-                                            line if kind == "anode_roll" else None, "recipe": None}))
+        # anode rolls come from the anode shop: 4 lanes per anode coil, 3 coils per anode slurry batch
+        n_roll = np.unique(anode_roll - int(anode_roll.min())) if anode_roll.size else np.zeros(0, dtype=np.int64)
+        rolls, coils, batches = (_fmt(f"{line}-AR", n_roll, 4), _fmt(f"{line}-AC", n_roll // 4, 4),
+                                 _fmt(f"{line}-ASB", n_roll // 12, 4))
+        self._rows += [
+            pd.DataFrame({"lot_id": rolls, "kind": "anode_roll", "parent_id": coils, "line": line, "recipe": None}),
+            pd.DataFrame({"lot_id": coils, "kind": "anode_coil", "parent_id": batches, "line": line, "recipe": None}),
+            pd.DataFrame({"lot_id": batches, "kind": "anode_slurry_batch", "parent_id": None, "line": line,
+                          "recipe": None}),
+            pd.DataFrame({"lot_id": pd.unique(lots), "kind": "electrolyte_lot", "parent_id": None, "line": None,
+                          "recipe": None}),
+        ]
         return out
 
     def frame(self) -> pd.DataFrame:

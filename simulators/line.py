@@ -497,7 +497,7 @@ class LineModel:
 
         # genealogy ids
         ids = genealogy.cells(self.line, k_cell, coil[i_c], k_cell % p.lanes, anode_roll,
-                              (self.day_offset_s + wall_f) // (6 * 3600), chan, k_cell)
+                              (self.start.value / 1e9 + wall_f) // (6 * 3600), chan, k_cell)
         cell_ids = ids["cell_id"]
         tags = {
             # the cathode coil and slurry batch too, so online genealogy can walk back to the electrode readings

@@ -128,7 +128,10 @@ def test_genealogy_is_consistent(clean):
     coil_parent = gen.loc[cells["coil_id"], "parent_id"].to_numpy()
     assert (coil_parent == cells["slurry_batch_id"].to_numpy()).all()
     assert (gen.loc[cells["slurry_batch_id"], "kind"] == "slurry_batch").all()
-    assert cells["anode_roll_id"].isin(gen.index).all() and cells["electrolyte_lot"].isin(gen.index).all()
+    assert cells["electrolyte_lot"].isin(gen.index).all()
+    anode_coil = gen.loc[cells["anode_roll_id"], "parent_id"]
+    assert (gen.loc[anode_coil, "kind"] == "anode_coil").all()
+    assert (gen.loc[gen.loc[anode_coil, "parent_id"], "kind"] == "anode_slurry_batch").all()
     visits = [f"{v}_ts" for v in ("coating", "calendering", "slitting", "winding", "filling", "formation", "aging",
                                   "eol")]
     t = cells[visits].apply(lambda s: s.astype("int64")).to_numpy()
