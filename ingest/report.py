@@ -47,6 +47,19 @@ def match_faults(faults: pd.DataFrame, incidents: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _event_metrics(scores: pd.DataFrame, incidents: pd.DataFrame, faults: pd.DataFrame) -> list[tuple[str, str]]:
+    """Event-level recall and false incidents with the evaluation code of ``cellwatch evaluate``."""
+    from cellwatch.detect.evaluate import event_level
+
+    if scores.empty:
+        return []
+    inc = incidents.assign(end_ts=_times(incidents["end_ts"])) if len(incidents) else incidents
+    m = event_level(scores, inc, faults.rename(columns={"start": "start_ts", "end": "end_ts"}))
+    return [("detectable faults caught (cellwatch evaluate's event metric)",
+             f"{m.get('detected', 0)} of {m.get('faults', 0)}"),
+            ("false incidents per station-shift", f"{m.get('false_incidents_per_station_shift', float('nan')):.2f}")]
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -110,6 +123,7 @@ def write_report(store: Store, sim, path: Path, totals: dict, stream_seconds: fl
     plots = [_score_plot(scores, faults, incidents, line) for line in lines]
     dplot = _defect_plot(cells) if len(cells) else None
     rate = totals.get("scored", 0) / max(stream_seconds, 1e-9)
+    events = _event_metrics(scores, incidents, faults)
     summary = pd.DataFrame([
         ("readings scored", f"{totals.get('scored', 0):,}"),
         ("messages rejected (DLQ)", f"{totals.get('rejected', 0):,}"),
@@ -117,6 +131,7 @@ def write_report(store: Store, sim, path: Path, totals: dict, stream_seconds: fl
         ("demo wall time", f"{wall_seconds:.0f} s"),
         ("incidents", f"{len(incidents):,}"), ("injected faults detected", f"{n_detected} of {len(faults)}"),
         ("cells with an EOL result and a prediction", f"{len(closed):,}"),
+        *events,
     ], columns=["", "value"])
     by_type = (matched.assign(detected=matched["incident_id"].notna()).groupby("type")["detected"]
                .agg(["sum", "count"]).rename(columns={"sum": "detected", "count": "injected"}).reset_index()
