@@ -23,7 +23,7 @@ from cellwatch.detect.metrics_events import NAB_PROFILES, nab_file_score, nab_no
 from cellwatch.detect.station_model import StationModel
 from cellwatch.errors import CellwatchError
 
-NAB_SETTINGS = {"window": 10, "refit_every": 1000, "max_fit_rows": 5000, "refractory": 100}
+NAB_SETTINGS = {"window": 10, "refit_every": 1000, "max_fit_rows": 5000, "refractory": 100, "score_decades": 6.0}
 THETA_GRID = np.round(np.linspace(0.05, 1.0, 96), 4)
 
 
@@ -57,7 +57,8 @@ def score_series(df: pd.DataFrame, settings: dict | None = None) -> np.ndarray:
         lo = max(0, pos - cfg["max_fit_rows"])
         past = frame.iloc[lo:pos]
         try:
-            model = StationModel(sensors=["value"], window=cfg["window"], min_stuck=max(10, cfg["window"])).fit(past)
+            model = StationModel(sensors=["value"], window=cfg["window"], min_stuck=max(10, cfg["window"]),
+                                 score_decades=cfg["score_decades"]).fit(past)
             state = model.new_state(past)
         except ValueError:
             if model is None:

@@ -62,9 +62,9 @@ def combine(p_members: np.ndarray) -> np.ndarray:
     return np.minimum(1.0, p_members.shape[1] * p_members.min(axis=1))
 
 
-def probability_to_score(p: np.ndarray) -> np.ndarray:
-    """Tail probability -> anomaly score in [0, 1] (monotone: smaller p, higher score)."""
-    return np.clip(-np.log10(np.clip(p, _P_FLOOR, 1.0)) / SCORE_DECADES, 0.0, 1.0) + 0.0  # no -0.0
+def probability_to_score(p: np.ndarray, decades: float = SCORE_DECADES) -> np.ndarray:
+    """Tail probability -> anomaly score in [0, 1] (monotone: smaller p, higher score; p = 10**-decades -> 1)."""
+    return np.clip(-np.log10(np.clip(p, _P_FLOOR, 1.0)) / decades, 0.0, 1.0) + 0.0  # no -0.0
 
 
 def threshold_for_budget(scores_by_line: list[np.ndarray], allowed_incidents: float, k: int, n: int,

@@ -31,15 +31,18 @@ _ECDF_GRID = np.linspace(0.0, 1.0, 257)
 class FeatureEnsemble:
     """PyOD-style detector on a feature matrix: ``fit``, ``calibrate``, ``member_probabilities``, ``probability``."""
 
-    def __init__(self, members: tuple[str, ...] = MEMBERS, random_state: int = 0, scale_floor: float = 0.1):
+    def __init__(self, members: tuple[str, ...] = MEMBERS, random_state: int = 0, scale_floor: float = 0.1,
+                 drift_allowance: float = 0.0):
         unknown = set(members) - set(MEMBERS)
         if unknown:
             raise ValueError(f"unknown ensemble members {sorted(unknown)}; choose from {MEMBERS}")
         self.members = tuple(members)
         self.random_state = random_state
         self.scale_floor = scale_floor
+        self.drift_allowance = drift_allowance
 
     def fit(self, F: np.ndarray) -> FeatureEnsemble:
+        """Fit on clean features in time order (rows of several lines may follow each other)."""
         F = np.asarray(F, dtype="float64")
         rng = np.random.default_rng(self.random_state)
         sub = F if len(F) <= _FIT_ROWS else F[np.sort(rng.choice(len(F), _FIT_ROWS, replace=False))]
@@ -50,6 +53,12 @@ class FeatureEnsemble:
             std = sub.std(axis=0)
         floor = max(self.scale_floor, 1e-3)
         self.scale_ = np.maximum(np.where(scale > 1e-3, scale, std), floor)
+        if self.drift_allowance > 0 and len(F) >= 20:
+            # non-stationarity allowance: a feature whose median moved between the halves of the (time-ordered)
+            # training data is expected to keep moving at that rate; widen its scale accordingly
+            half = len(F) // 2
+            moved = np.abs(np.median(F[half:], axis=0) - np.median(F[:half], axis=0))
+            self.scale_ = np.maximum(self.scale_, self.drift_allowance * moved)
         Z = self._standardise(sub)
         self.quantiles_ = np.quantile(Z, _ECDF_GRID, axis=0)  # (grid, features) for the ecdf member
         self.models_ = {}

@@ -103,7 +103,8 @@ def skab_nab_score(files: Sequence[tuple[pd.Series, np.ndarray, np.ndarray]], wi
             total += a_fp * n_fp
             fps += n_fp
         s_null, s_perfect = a_fn * n_windows, a_tp * n_windows
-        out[name] = {"score": round(100 * (total - s_null) / (s_perfect - s_null), 2), "missed": missed, "fps": fps}
+        out[name] = {"score": round(float(100 * (total - s_null) / (s_perfect - s_null)), 2), "missed": missed,
+                     "fps": fps}
     return out
 
 

@@ -32,7 +32,7 @@ import pandas as pd
 
 from cellwatch import __version__
 from cellwatch.contract import READING_KEYS
-from cellwatch.detect.calibration import probability_to_score, threshold_for_budget
+from cellwatch.detect.calibration import SCORE_DECADES, probability_to_score, threshold_for_budget
 from cellwatch.detect.ensemble import MEMBERS, FeatureEnsemble
 from cellwatch.detect.explain import sensor_contributions, top_sensors_json
 from cellwatch.detect.features import FEATURES, RobustScaler, feature_names, reference_std, window_features
@@ -65,12 +65,23 @@ def _lines(frame: pd.DataFrame) -> pd.Series:
 
 
 class StationModel:
-    """Anomaly detector for one station; scikit-learn/PyOD style (``fit`` returns self, learnt attrs end in ``_``)."""
+    """Anomaly detector for one station; scikit-learn/PyOD style (``fit`` returns self, learnt attrs end in ``_``).
+
+    Parameters: ``sensors`` (default: numeric columns at least half filled), ``window`` (readings per feature
+    window), ``alert_budget`` (false incidents per stream per shift on clean validation data), ``k``/``n``/
+    ``close_after`` (incident rule, see :mod:`cellwatch.detect.incidents`), ``members`` (ensemble members),
+    ``validation_fraction`` (held out of ``train`` when no ``validation`` is given), ``min_stuck`` (shortest
+    stuck run), ``score_decades`` (tail probability 10**-decades maps to score 1), ``scale_floor`` (smallest
+    feature scale), ``drift_allowance`` (0 = off; >0 widens the scale of features that drifted between the two
+    halves of the training data by that many times the drift - for short training data of a drifting process),
+    ``seconds_per_row`` (time step assumed when readings carry no time).
+    """
 
     def __init__(self, sensors: list[str] | None = None, window: int = 20, alert_budget: float = 1.0,
                  k: int = 3, n: int = 5, close_after: int = 10, members: tuple[str, ...] = MEMBERS,
                  validation_fraction: float = 0.25, min_stuck: int = 10, random_state: int = 0,
-                 seconds_per_row: float = 1.0, scale_floor: float = 0.1):
+                 seconds_per_row: float = 1.0, scale_floor: float = 0.1, score_decades: float = SCORE_DECADES,
+                 drift_allowance: float = 0.0):
         self.sensors = sensors
         self.window = window
         self.alert_budget = alert_budget
@@ -83,6 +94,8 @@ class StationModel:
         self.random_state = random_state
         self.seconds_per_row = seconds_per_row
         self.scale_floor = scale_floor
+        self.score_decades = score_decades
+        self.drift_allowance = drift_allowance
 
     # ------------------------------------------------------------------------------------------ helpers
     def _choose_sensors(self, train: pd.DataFrame) -> list[str]:
@@ -147,7 +160,8 @@ class StationModel:
         F = np.empty((len(train), len(FEATURES) * len(self.sensors_)))
         for _, idx in lines:
             F[idx] = window_features(z[idx], len(idx), self.window, self.ref_std_)
-        self.ensemble_ = FeatureEnsemble(self.members, self.random_state, self.scale_floor).fit(F[fit_rows])
+        self.ensemble_ = FeatureEnsemble(self.members, self.random_state, self.scale_floor,
+                                         self.drift_allowance).fit(F[fit_rows])
 
         dts = [np.diff(times[idx]) for _, idx in lines]
         self.quality_ = QualityChecker.fit(self.sensors_, [raw[idx][fit_rows[idx]] for _, idx in lines],
@@ -172,11 +186,12 @@ class StationModel:
         if len(F_cal) == 0:
             raise ValueError("no clean validation rows")
         self.ensemble_.calibrate(F_cal)
-        v_scores = [probability_to_score(self.ensemble_.probability(f)) for f in v_feats if len(f)]
+        v_scores = [probability_to_score(self.ensemble_.probability(f), self.score_decades) for f in v_feats if len(f)]
         hours = sum(self._span_hours(t) for t in v_time)
         self.validation_hours_ = hours
         allowed = self.alert_budget * hours / shift_hours
-        self.threshold_ = threshold_for_budget(v_scores, allowed, self.k, self.n, self.close_after)
+        floor = float(probability_to_score(np.array(0.01), self.score_decades))  # never alert on p > 1 %
+        self.threshold_ = threshold_for_budget(v_scores, allowed, self.k, self.n, self.close_after, floor)
         self._set_bands()
         self.metadata_ = {
             "kind": "station_model", "cellwatch_version": __version__,
@@ -253,7 +268,7 @@ class StationModel:
             state.values[line] = ctx_v[-self.history_:].copy()
             state.times[line] = ctx_t[-self.history_:].copy()
         p = self.ensemble_.probability(F)
-        score = probability_to_score(p)
+        score = probability_to_score(p, self.score_decades)
         dq = issues["out_of_range"].any(axis=1) | issues["missing"].any(axis=1) | issues["stuck"].any(axis=1) | gap
         process = score >= self.threshold_
         is_anom = process | dq

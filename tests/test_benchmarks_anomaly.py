@@ -29,7 +29,7 @@ def test_run_skab_on_a_slice():
     assert 0 <= ours["far"] <= 100 and 0 <= ours["mar"] <= 100
     assert ours["f1"] > 0.5  # two clear anomalies: a working detector finds most of both
     assert ours["changepoints"] == 6  # valve1/0: 4, other/5: 2 (counted from the files)
-    assert "cellwatch StationModel" in r["table"] and "Conv-AE" in r["table"]
+    assert "cellwatch (defaults)" in r["table"] and r["ours_untuned"]["files"] == 2 and "Conv-AE" in r["table"]
     with pytest.raises(CellwatchError):
         run_skab(DATASETS / "skab", files=["valve9/0.csv"])
 
