@@ -67,7 +67,7 @@ def main() -> None:
            "--database-schema", schema, "--models-dir", args.models, "--topic-readings", tr,
            "--topic-cell-results", tc, "--group-id", f"bench-{rid}", "--metrics-port", "0", "--no-publish-outputs",
            "--topic-dlq", f"bench.dlq.{rid}", "--batch-max-records", str(args.batch)]
-    log = Path(f"/tmp/bench-streaming-{rid}.log").open("ab")
+    log = Path(f"/tmp/bench-streaming-{rid}.log").open("ab")  # noqa: SIM115 - lives as long as the subprocesses
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         if args.kill_at > 0:

@@ -1,8 +1,8 @@
 """End to end: simulator -> Kafka -> ``cellwatch run`` (a subprocess) -> PostgreSQL, with failures.
 
-Real broker, real PostgreSQL, a real model trained on a separate simulation. Each test uses its own
-topics, consumer group and schema. Kept small (1.5 simulated hours of one line) so the file runs in a
-few minutes.
+Real broker, real PostgreSQL, a real model trained on a separate simulation (``models_dir`` from
+conftest). Each test uses its own topics, consumer group and schema. Kept small (1.5 simulated hours
+of one line) so the file runs in a few minutes.
 """
 
 from __future__ import annotations
@@ -29,28 +29,10 @@ from cellwatch.ingest.demo import stream_messages
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
 SIM_SEED = 24          # 1.5 h, one line: contaminated batch (mixing), stuck sensor + mean shift (filling)
-TRAIN_SEED = 1024
 SIM_HOURS = 1.5
 
 
 # ------------------------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="session")
-def models_dir(tmp_path_factory) -> Path:
-    """Models trained on a separate simulation (another seed) with ``cellwatch train``'s code path."""
-    from cellwatch.detect.train import train_models
-    from cellwatch.simulators.simulate import simulate
-
-    root = tmp_path_factory.mktemp("e2e-models")
-    sim = simulate(hours=3, lines=1, seed=TRAIN_SEED)
-    data = root / "train"
-    data.mkdir()
-    sim.readings.to_parquet(data / "readings.parquet")
-    sim.cells.to_parquet(data / "cells.parquet")
-    sim.faults.to_parquet(data / "faults.parquet")
-    train_models(data, root / "models", progress=False)
-    return root / "models"
-
 
 @pytest.fixture(scope="session")
 def sim():
