@@ -151,9 +151,11 @@ def bad_messages(ts: pd.Timestamp) -> list[tuple[bytes, bytes]]:
 def _create_topics(bootstrap: str, names: list[str]) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cellwatch-grafana-tests")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cellwatch-grafana-tests",
+                             request_timeout_ms=30_000)
     try:
         admin.create_topics([NewTopic(n, num_partitions=2, replication_factor=1) for n in names])
+        admin.wait_for_topics(names, timeout_ms=30_000)  # leaders elected: the consumer sees every partition
     finally:
         admin.close()
 
