@@ -73,11 +73,11 @@ def detections(scores: np.ndarray, theta: float, refractory: int) -> np.ndarray:
     """``scores >= theta`` with a refractory period after each detection (online)."""
     above = np.flatnonzero(scores >= theta)
     out = np.zeros(scores.size, dtype=bool)
-    last = -10**9
-    for i in above:  # only rows above the threshold are visited
-        if i - last > refractory:
-            out[i] = True
-            last = i
+    j = 0
+    while j < above.size:  # one step per detection: jump past the refractory period
+        i = above[j]
+        out[i] = True
+        j = int(np.searchsorted(above, i + refractory + 1))
     return out
 
 

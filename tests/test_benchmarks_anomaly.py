@@ -52,3 +52,25 @@ def test_run_nab_on_a_slice():
         assert 0 < r["ours"][prof]["threshold"] <= 1
     assert r["ours"]["standard"]["score"] > 50  # the jump is found inside its window
     assert np.isfinite(r["published"]["ARTime"]["standard"])
+
+
+def test_nab_detections_keep_a_refractory_period():
+    from cellwatch.detect.bench_nab import detections
+    s = np.zeros(30)
+    s[[1, 2, 3, 8, 9, 20, 21]] = 0.9
+    assert np.flatnonzero(detections(s, 0.5, 5)).tolist() == [1, 8, 20]
+    assert np.flatnonzero(detections(s, 0.95, 5)).tolist() == []
+
+
+def test_nab_scores_use_past_rows_only():
+    import pandas as pd
+
+    from cellwatch.detect.bench_nab import score_series
+    df = pd.read_csv(DATASETS / "nab" / "data" / "artificialWithAnomaly" / "art_daily_jumpsup.csv")
+    df = df.iloc[:2600].reset_index(drop=True)
+    base = score_series(df, {"refit_every": 500})
+    changed = df.copy()
+    changed.loc[2000:, "value"] = changed.loc[2000:, "value"] * 3 + 50  # the future differs
+    other = score_series(changed, {"refit_every": 500})
+    np.testing.assert_array_equal(base[:2000], other[:2000])
+    assert not np.array_equal(base[2000:], other[2000:])
