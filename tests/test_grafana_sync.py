@@ -52,7 +52,7 @@ def test_first_sync_creates_everything_and_second_changes_nothing(httpserver, gr
     second = _syncer(httpserver).apply()
     assert [c.action for c in second] == ["unchanged"] * len(second)
     assert len(grafana.writes) == n_writes, "a second sync must not write anything"
-    assert grafana.violations == []
+    assert grafana.violations == [] and grafana.response_violations == []
 
 
 def test_sync_updates_only_what_drifted(httpserver, grafana):
