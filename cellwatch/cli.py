@@ -29,9 +29,18 @@ cellwatch watches battery-cell production lines: it scores sensor readings from 
 anomaly detectors (PyOD) and a defect model (LightGBM) and writes scores, incidents and
 predictions to PostgreSQL for Grafana.
 
-typical session:
-  cellwatch simulate --out data/ --hours 8 --lines 2      # labelled data from the line simulator
-  cellwatch simulate --kafka 127.0.0.1:9092 --rate 2000    # ... or stream it into Kafka
+try it (no services needed):
+  cellwatch demo                                              # simulate, train, score, live view, report
+
+offline workflow (data scientists):
+  cellwatch simulate --out data/train --hours 8 --lines 2     # labelled line data (Parquet)
+  cellwatch train --data data/train --models models/          # station detectors + defect model
+  cellwatch evaluate --data data/test --models models/ --report reports/
+  cellwatch models list --models models/                      # promote / rollback versions
+
+online (plant):
+  cellwatch run --config cellwatch.toml                       # Kafka -> scores/incidents -> PostgreSQL
+  cellwatch grafana sync --url https://grafana.example        # dashboards and alert rules
 
 Run 'cellwatch COMMAND --help' for what each command takes.
 """
