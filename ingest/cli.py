@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       "(default: demo-out)")
     demo.add_argument("--models", default=None, help="use the models in this registry instead of training")
     demo.add_argument("--hours", type=float, default=2.0, help="simulated hours to stream (default: 2)")
-    demo.add_argument("--train-hours", type=float, default=3.0, help="simulated hours to train on (default: 3)")
+    demo.add_argument("--train-hours", type=float, default=4.0, help="simulated hours to train on (default: 4)")
     demo.add_argument("--lines", type=int, default=1, help="production lines (default: 1)")
     demo.add_argument("--seed", type=int, default=7, help="simulation seed (default: 7)")
     demo.add_argument("--batch", type=int, default=2000, help="readings per micro-batch (default: 2000)")

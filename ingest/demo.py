@@ -40,7 +40,7 @@ class DemoOptions:
     models: Path | None = None
     hours: float = 2.0
     lines: int = 1
-    train_hours: float = 3.0
+    train_hours: float = 4.0
     seed: int = 7
     batch: int = 2000
     live: bool = True
