@@ -57,7 +57,7 @@ class DefectModel:
     inspection_cost: float = 1.0        # inspecting (or re-testing) one flagged cell
     early_stopping_rounds: int = 50
     random_state: int = 0
-    n_jobs: int = 2
+    n_jobs: int = 1
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(self, X: pd.DataFrame, y: np.ndarray | pd.Series, groups: np.ndarray | pd.Series,
