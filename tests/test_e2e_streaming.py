@@ -181,14 +181,32 @@ def test_every_reading_scored_once_faults_become_incidents_bad_messages_dead_let
     msgs = stream_messages(sim.readings, sim.cell_results())
     bad = bad_messages()
     produce(e["bootstrap"], e["topics"]["readings"], e["topics"]["cells"], msgs, [(k, v) for k, v, _ in bad])
-    svc = e["spawn"]("svc")
+    port = _free_port()
+    svc = e["spawn"]("svc", ["--metrics-port", str(port), "--log-json"])
     n = len(sim.readings)
     wait_until(lambda: count(e["url"], e["schema"], "SELECT count(*) FROM scores") >= n
                and count(e["url"], e["schema"], "SELECT count(*) FROM dead_letters") >= len(bad), 240,
                "every reading scored", [svc])
     wait_until(lambda: count(e["url"], e["schema"], "SELECT count(*) FROM cells WHERE closed") >= len(sim.cells),
                60, "every EOL result stored", [svc])
+    import urllib.request
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert svc.kill(signal.SIGTERM) == 0  # a clean stop
+    assert f"cellwatch_readings_scored_total {float(n)}" in metrics
+    assert 'cellwatch_dead_letters_total{reason="oversized"} 1.0' in metrics
+    assert "cellwatch_end_to_end_seconds_count" in metrics and "cellwatch_consumer_lag{" in metrics
+    assert 'cellwatch_model_info{version="stations@' in metrics
+    # --log-json: every line of ours is one JSON object
+    ours = [line for line in svc.text().splitlines() if line.startswith("{")]
+    assert ours and all(orjson.loads(line)["logger"] for line in ours)
+
+    # the results are on the output topics (one score message per reading)
+    from kafka import KafkaConsumer
+    c = KafkaConsumer(e["topics"]["scores"], bootstrap_servers=e["bootstrap"], auto_offset_reset="earliest",
+                      consumer_timeout_ms=5000, group_id=None)
+    keys = {(d["line"], d["station"], d["seq"]) for d in (orjson.loads(m.value) for m in c)}
+    c.close()
+    assert len(keys) == n
     _assert_exactly_once(e["url"], e["schema"], n)
     _assert_scores_equal_reference(e["url"], e["schema"], reference)
 
@@ -197,7 +215,6 @@ def test_every_reading_scored_once_faults_become_incidents_bad_messages_dead_let
     assert sorted(bytes(p) for p in dead["payload"]) == sorted(v for _, v, _ in bad)
 
     # the DLQ topic holds the original bytes with the reason in the headers
-    from kafka import KafkaConsumer
     c = KafkaConsumer(e["topics"]["dlq"], bootstrap_servers=e["bootstrap"], auto_offset_reset="earliest",
                       consumer_timeout_ms=5000, group_id=None)
     got = [(m.value, dict((k, v.decode()) for k, v in m.headers)) for m in c]
