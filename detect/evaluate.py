@@ -87,7 +87,8 @@ def event_level(scores: pd.DataFrame, incidents: pd.DataFrame, faults: pd.DataFr
         for f in truth.itertuples(index=False):
             sub = alerts.loc[(alerts["line"] == f.line) & (alerts["station"] == f.station)]
             a_s = pd.to_datetime(sub["start_ts"], utc=True)
-            a_e = pd.to_datetime(sub["end_ts"], utc=True).fillna(pd.Timestamp.max.tz_localize("UTC"))
+            a_e = pd.to_datetime(sub["end_ts"], utc=True)
+            a_e = a_e.fillna(pd.Timestamp("2200-01-01", tz="UTC").as_unit(a_e.dt.unit))
             detected.append(bool(((a_s <= f.end_ts + EVENT_TOLERANCE) & (a_e >= f.start_ts)).any()))
         m["missed"] = truth.loc[~np.asarray(detected), ["fault_id", "type", "line", "station"]].to_dict("records")
     return m
