@@ -82,6 +82,8 @@ class StreamService:
         self.pending: dict[str, pd.DataFrame] = {}  # rows that ride with the next write (stats, model rows)
         self.totals: dict[str, int] = defaultdict(int)
         self._store_ok = True
+        self.annotations: Any = None
+        self._annotations_dropped = 0
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def stop(self) -> None:
@@ -140,6 +142,7 @@ class StreamService:
         self.metrics.model.info({"version": scorer.model_version})
         self.pending.update(self.watcher.version_rows())
         self.metrics.serve(s.metrics_port)
+        self._start_annotations()
         try:
             self.producer = OutputProducer(s)
             self.consumer = KafkaConsumer(
@@ -155,7 +158,38 @@ class StreamService:
             raise
         self.consumer.subscribe([s.topic_readings, s.topic_cell_results], listener=_Rebalance(self))
 
+    def _start_annotations(self) -> None:
+        """Incident annotations in Grafana when a token is configured (never blocks scoring)."""
+        s = self.settings
+        if s.grafana_token is None:
+            return
+        try:
+            from cellwatch.dashboards.annotations import AnnotationSender
+            from cellwatch.dashboards.sync import connect
+
+            self.annotations = AnnotationSender(connect(s.grafana_url, s.grafana_token.get_secret_value()))
+            log.info("incident annotations go to Grafana at %s", s.grafana_url)
+        except Exception as exc:  # Grafana is optional for scoring
+            log.warning("no Grafana annotations (%s): %s", s.grafana_url, exc)
+
+    def _annotate(self, tables: dict[str, pd.DataFrame]) -> None:
+        sender = self.annotations
+        if sender is None:
+            return
+        incidents = tables.get("incidents")
+        if incidents is not None and len(incidents):
+            sender.submit(incidents)
+        dropped = int(getattr(sender, "dropped", 0))
+        if dropped > self._annotations_dropped:
+            self.metrics.annotations_dropped.inc(dropped - self._annotations_dropped)
+            self._annotations_dropped = dropped
+
     def close(self) -> None:
+        if self.annotations is not None:
+            try:
+                self.annotations.close(timeout=5)
+            except Exception as exc:
+                log.warning("closing the Grafana annotation sender: %s", exc)
         for thing, closer in ((self.consumer, "close"), (self.producer, "close"), (self.store, "close")):
             if thing is not None:
                 try:
@@ -218,6 +252,7 @@ class StreamService:
             raise CellwatchError(f"scoring failed with model {self.window.scorer.model_version}: {exc}") from exc
         tables = dict(out.tables)
         self._retry_store("batch write", lambda: self._write(tables))
+        self._annotate(tables)
         while True:  # the store holds the batch; now every output message must be acknowledged
             try:
                 self.producer.publish(out, decoded.dead_keys)

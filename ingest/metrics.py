@@ -31,6 +31,8 @@ class Metrics:
         self.lag = Gauge("cellwatch_consumer_lag", "messages behind the end of the partition",
                          ["topic", "partition"], registry=r)
         self.model = Info("cellwatch_model", "model version in use", registry=r)
+        self.annotations_dropped = Counter("cellwatch_grafana_annotations_dropped",
+                                           "incident annotations dropped while Grafana was unreachable", registry=r)
         self.store_up = Gauge("cellwatch_store_up", "1 when the last store write succeeded", registry=r)
 
     def observe_e2e(self, seconds: np.ndarray) -> None:

@@ -85,11 +85,33 @@ class ModelWatcher:
         log.warning("switched model %s -> %s", self.previous_version, scorer.model_version)
         return scorer
 
+    def _registry_facts(self) -> tuple[pd.Timestamp | None, float | None, dict | None]:
+        """created_at, the defect threshold and summary metrics (alert budget, ...) from the registry metadata."""
+        try:
+            from cellwatch.detect.registry import ModelRegistry
+
+            reg = ModelRegistry(self.models_dir)
+            st = reg.metadata("stations")
+            de = reg.metadata("defect") if "defect" in reg.names() and reg.production("defect") else {}
+        except Exception as exc:  # the facts are for dashboards; scoring goes on without them
+            log.warning("cannot read the model metadata in %s: %s", self.models_dir, exc)
+            return None, None, None
+        budgets = [m.get("alert_budget") for m in st.get("models", {}).values() if m.get("alert_budget") is not None]
+        metrics = {"alert_budget": float(max(budgets)) if budgets else None,
+                   "station_thresholds": st.get("thresholds"), "training_window": st.get("training_window"),
+                   "defect_threshold": de.get("threshold"),
+                   "defect_validation": (de.get("metrics") or {}).get("validation")}
+        created = pd.to_datetime(st.get("created_at"), utc=True) if st.get("created_at") else None
+        threshold = de.get("threshold")
+        return created, (float(threshold) if threshold is not None else None), metrics
+
     def version_rows(self) -> dict[str, pd.DataFrame]:
         """``model_versions`` rows (the one in use; the previous one no longer in production) and its bands."""
         now = pd.Timestamp(datetime.now(UTC))
+        created, threshold, metrics = self._registry_facts()
         rows = [{"name": MODEL_NAME, "version": self.scorer.model_version, "in_production": True,
-                 "created_at": None, "promoted_at": now, "threshold": None, "metrics": None, "loaded_at": now}]
+                 "created_at": created, "promoted_at": now, "threshold": threshold, "metrics": metrics,
+                 "loaded_at": now}]
         if self.previous_version and self.previous_version != self.scorer.model_version:
             rows.append({**rows[0], "version": self.previous_version, "in_production": False, "promoted_at": None})
         versions = pd.DataFrame(rows, columns=TABLE["model_versions"].column_names)

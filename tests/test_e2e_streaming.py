@@ -351,13 +351,18 @@ def test_postgres_outage_pauses_then_resumes_without_loss(run_env, sim, private_
     _assert_exactly_once(url, e["schema"], n)
 
 
-def test_promoted_model_is_used_from_the_next_batch(run_env, sim, models_dir, tmp_path):
+def test_promoted_model_is_used_from_the_next_batch_and_incidents_reach_grafana(run_env, sim, models_dir, tmp_path,
+                                                                                  httpserver):
+    from fake_grafana import FakeGrafana
+
     from cellwatch.detect.registry import ModelRegistry
 
     e = run_env
+    grafana = FakeGrafana().install(httpserver)
     models = tmp_path / "models"
     shutil.copytree(models_dir, models)
-    svc = e["spawn"]("svc", ["--models-dir", str(models), "--model-check-s", "0.5"])  # the later flag wins
+    svc = e["spawn"]("svc", ["--models-dir", str(models), "--model-check-s", "0.5",  # the later flag wins
+                             "--grafana-url", httpserver.url_for("/")], {"CELLWATCH_GRAFANA_TOKEN": "glsa_e2e_token"})
     r = sim.readings.sort_values("ts", kind="stable")
     half = len(r) // 2
     first, second = r.iloc[:half], r.iloc[half:]
@@ -385,6 +390,12 @@ def test_promoted_model_is_used_from_the_next_batch(run_env, sim, models_dir, tm
     mv = frame(e["url"], e["schema"], "SELECT version, in_production FROM model_versions")
     assert mv.set_index("version")["in_production"].to_dict() == {v1[0]: False, seconds.iloc[0]: True}
     _assert_exactly_once(e["url"], e["schema"], len(r))
+    # every incident became one Grafana annotation (the token never reached the log)
+    ids = set(frame(e["url"], e["schema"], "SELECT incident_id FROM incidents")["incident_id"])
+    assert ids, "the run produced no incident to annotate"
+    assert {a["data"]["incident_id"] for a in grafana.annotations.values()} == ids
+    assert grafana.violations == []
+    assert "glsa_e2e_token" not in svc.text() and "incident annotations go to Grafana" in svc.text()
 
 
 # ------------------------------------------------------------------------------------------- in-process
