@@ -1,0 +1,545 @@
+"""cellwatch performance benchmarks B1-B6: where the time goes, measured side by side in one run.
+
+    eval "$(scripts/services env)"
+    python benchmarks/run.py b1 [--quick] [--models models/] [--json b1.json]
+    python benchmarks/run.py b2|b3|b4|b5|b6 [--quick] ...
+    python benchmarks/run.py all [--quick] --json perf.json
+    python benchmarks/run.py profile core|service [--quick]       # pyinstrument / py-spy
+
+B1 scoring core (readings/s of LineScorer, one process, no I/O) vs river's HalfSpaceTrees on the same readings;
+B2 end to end: bare kafka-python consumer (poll + orjson.loads) vs ``cellwatch run`` with every sink, plus
+confluent-kafka's consume rate as a reference; B3 latency at a fixed input rate; B4 RSS over a long run;
+B5 two ``cellwatch run`` in one group vs one; B6 training wall time and peak memory.
+
+The machine is shared: absolute numbers move with the load, so every goal is a ratio measured in the same
+run (B1, B2, B5) or a bound that load only makes harder to meet (B3, B4). CPU seconds are reported next to
+wall seconds: a process's CPU time is what it costs, the wall time includes waiting for a core.
+``--quick`` uses small sizes (development while others work); the defaults are the issue's sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+from cellwatch import contract  # noqa: E402
+
+SCORING_BATCH = 2000  # = the service's default batch_max_records
+
+
+# ================================================================================================ B1
+def _core_batches(readings: pd.DataFrame, batch: int) -> list[pd.DataFrame]:
+    r = readings.sort_values("ts", kind="stable").reset_index(drop=True)
+    return [r.iloc[a:a + batch].reset_index(drop=True) for a in range(0, len(r), batch)]
+
+
+def _time_core(scorer, batches: list[pd.DataFrame]) -> tuple[float, float]:
+    state = scorer.new_state()
+    t0, c0 = time.perf_counter(), time.process_time()
+    for b in batches:
+        scorer.process(b, state)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _time_detectors(scorer, batches: list[pd.DataFrame]) -> tuple[float, float]:
+    """The station detectors alone (StationModel.score per station group), no incidents or defect model."""
+    models = scorer.stations
+    states = {k: m.new_state() for k, m in models.models.items()}
+    t0, c0 = time.perf_counter(), time.process_time()
+    for b in batches:
+        for (st, rec), idx in b.groupby(["station", b["recipe"].fillna("*")], sort=False).indices.items():
+            key, model = models.model_for(st, rec)
+            model.score(b.iloc[idx], states[key])
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _river_inputs(readings: pd.DataFrame) -> list[tuple[str, dict]]:
+    sensors = contract.sensor_columns(readings)
+    vals = readings[sensors].to_numpy(dtype="float64")
+    present = ~np.isnan(vals)
+    st = readings["station"].astype(str).to_numpy()
+    return [(st[i], {sensors[j]: float(vals[i, j]) for j in np.flatnonzero(present[i])}) for i in range(len(vals))]
+
+
+def _time_river(inputs: list[tuple[str, dict]]) -> tuple[float, float]:
+    """river's streaming peer: per station MinMaxScaler | HalfSpaceTrees, score_one then learn_one per reading."""
+    from river import anomaly, compose, preprocessing
+
+    models: dict[str, compose.Pipeline] = {}
+    t0, c0 = time.perf_counter(), time.process_time()
+    for st, x in inputs:
+        m = models.get(st)
+        if m is None:
+            m = models[st] = compose.Pipeline(preprocessing.MinMaxScaler(), anomaly.HalfSpaceTrees(seed=42))
+        m.score_one(x)
+        m.learn_one(x)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def bench_b1(args, rep: C.Report) -> None:
+    from cellwatch.detect.core import load_scorer
+
+    n = 50_000 if args.quick else 500_000
+    n_river = 10_000 if args.quick else 40_000
+    readings, _ = C.load_sim(n, seed=7)
+    scorer = load_scorer(C.models_dir(args.models))
+    batches = _core_batches(readings, SCORING_BATCH)
+    _time_core(scorer, batches[:3])  # warm caches / lazy imports
+    inputs = _river_inputs(readings.sort_values("ts", kind="stable").iloc[:n_river])
+    # interleaved: ours, river, ours, river - the ratio of the two under the same load
+    ours, det, riv = [], [], []
+    for _ in range(2):
+        ours.append(_time_core(scorer, batches))
+        riv.append(_time_river(inputs))
+        det.append(_time_detectors(scorer, batches))
+    nr = len(readings)
+    core_cpu = nr / np.median([c for _, c in ours])
+    core_wall = nr / np.median([w for w, _ in ours])
+    det_cpu = nr / np.median([c for _, c in det])
+    river_cpu = n_river / np.median([c for _, c in riv])
+    river_wall = n_river / np.median([w for w, _ in riv])
+    ratio = core_cpu / river_cpu
+    rep.add("B1", f"LineScorer.process, {nr:,} readings, batches of {SCORING_BATCH}", core_cpu, "readings/CPU-s",
+            ">= 200k/core", core_cpu >= 200_000)
+    rep.add("B1", "LineScorer.process (wall clock)", core_wall, "readings/s")
+    rep.add("B1", "station detectors alone (StationModel.score)", det_cpu, "readings/CPU-s")
+    rep.add("B1", f"river HalfSpaceTrees + MinMaxScaler, {n_river:,} readings", river_cpu, "readings/CPU-s")
+    rep.add("B1", "river (wall clock)", river_wall, "readings/s")
+    rep.add("B1", "ratio LineScorer / river (CPU)", round(ratio, 1), "x", ">= 10x", ratio >= 10)
+    rep.details["B1"] = {"readings": nr, "river_readings": n_river, "core_cpu_runs": ours, "river_runs": riv,
+                         "detector_runs": det, "models": str(C.models_dir(args.models))}
+
+
+# ================================================================================================ B2
+def _bare_kafka_python(topics: list[str], total: int) -> dict:
+    from kafka import KafkaConsumer
+
+    cons = KafkaConsumer(*topics, bootstrap_servers=C.KAFKA, group_id=f"bench-bare-{uuid.uuid4().hex[:6]}",
+                         auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=SCORING_BATCH)
+    got, t_first, c0 = 0, None, time.process_time()
+    try:
+        while got < total:
+            for recs in cons.poll(timeout_ms=500).values():
+                if t_first is None:
+                    t_first, c_first = time.perf_counter(), time.process_time()
+                for r in recs:
+                    orjson.loads(r.value)
+                got += len(recs)
+        t_last, c_last = time.perf_counter(), time.process_time()
+    finally:
+        cons.close()
+    return {"messages": got, "wall_s": t_last - t_first, "cpu_s": c_last - c_first, "startup_cpu_s": c_first - c0}
+
+
+def _bare_confluent(topics: list[str], total: int) -> dict:
+    from confluent_kafka import Consumer
+
+    cons = Consumer({"bootstrap.servers": C.KAFKA, "group.id": f"bench-conf-{uuid.uuid4().hex[:6]}",
+                     "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    cons.subscribe(topics)
+    got, t_first = 0, None
+    try:
+        while got < total:
+            msgs = cons.consume(num_messages=SCORING_BATCH, timeout=0.5)
+            if msgs and t_first is None:
+                t_first, c_first = time.perf_counter(), time.process_time()
+            for m in msgs:
+                if m.error() is None:
+                    orjson.loads(m.value())
+                    got += 1
+        t_last, c_last = time.perf_counter(), time.process_time()
+    finally:
+        cons.close()
+    return {"messages": got, "wall_s": t_last - t_first, "cpu_s": c_last - c_first}
+
+
+def _service_run(models: Path, tr: str, tc: str, rid: str, n: int, workers: int, timeout_s: float,
+                 extra: list[str] | None = None) -> dict:
+    """``workers`` cellwatch run processes in one group until every reading is stored; rates and CPU."""
+    schema = f"bench_{rid}_{workers}w_{uuid.uuid4().hex[:4]}"
+    group = f"bench-{rid}-{workers}w-{uuid.uuid4().hex[:4]}"
+    procs = [C.start(C.run_cmd(models, tr, tc, rid, schema, group, worker=f"w{i}", extra=extra or []),
+                     f"run-{rid}-{workers}w-{i}") for i in range(workers)]
+    try:
+        first_cpu: list[float] = []
+
+        def sample() -> None:
+            if not first_cpu and C.count(schema) > 0:
+                first_cpu.extend(C.cpu_seconds(p.pid) for p in procs)
+
+        C.wait_scored(schema, n, procs, timeout_s, sample=sample)
+        cpu = sum(C.cpu_seconds(p.pid) for p in procs) - sum(first_cpu or [0.0] * workers)
+        rate = C.steady_rate(schema)
+        e2e = C.pg("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY batch_ms), count(*) FROM pipeline_stats",
+                   schema)
+    finally:
+        for p in procs:
+            C.stop(p)
+    C.drop_schema(schema)
+    return {**rate, "cpu_s_after_first_batch": cpu, "cpu_rate": n / cpu if cpu > 0 else float("nan"),
+            "first_to_last_rate": n / rate["first_to_last_s"], "median_batch_ms": e2e[0][0] if e2e else None,
+            "workers": workers}
+
+
+def _prepare_topic(n: int, partitions: int = 4, seed: int = 11) -> tuple[str, str, str, int, int]:
+    readings, cells = C.load_sim(n, seed=seed)
+    tr, tc, rid = C.new_topics(partitions)
+    info = C.preload(readings, cells, tr, tc)
+    print(f"pre-loaded {info['readings']:,} readings + {info['cell_results']:,} cell results into {tr} "
+          f"({partitions} partitions) in {info['seconds']:.0f} s with {info['producer']}", flush=True)
+    return tr, tc, rid, len(readings), len(cells)
+
+
+def bench_b2(args, rep: C.Report, keep_topic: bool = False) -> dict:
+    n = 30_000 if args.quick else args.readings
+    models = C.models_dir(args.models)
+    tr, tc, rid, nr, nc = _prepare_topic(n)
+    out = {"topic": (tr, tc, rid, nr, nc)}
+    try:
+        bare = _bare_kafka_python([tr, tc], nr + nc)
+        bare_rate, bare_cpu = bare["messages"] / bare["wall_s"], bare["messages"] / bare["cpu_s"]
+        conf = _bare_confluent([tr, tc], nr + nc) if C.confluent_available() else None
+        svc = _service_run(models, tr, tc, rid, nr, 1, args.timeout)
+        out["service"] = svc
+        svc_rate = svc["first_to_last_rate"]
+        ratio = svc_rate / bare_rate
+        rep.add("B2", f"(a) bare kafka-python poll + orjson.loads, {nr + nc:,} messages", bare_rate, "msg/s")
+        rep.add("B2", "(a) bare kafka-python, per CPU second", bare_cpu, "msg/CPU-s")
+        if conf:
+            rep.add("B2", "(ref) bare confluent-kafka consume + orjson.loads", conf["messages"] / conf["wall_s"],
+                    "msg/s")
+            rep.add("B2", "(ref) confluent-kafka / kafka-python", round(conf["wall_s"] and
+                    (conf["messages"] / conf["wall_s"]) / bare_rate, 1), "x")
+        rep.add("B2", "(b) cellwatch run, all sinks (first -> last batch)", svc_rate, "readings/s")
+        rep.add("B2", "(b) cellwatch run, steady 10 %-90 %", svc["steady_rate"], "readings/s")
+        rep.add("B2", "(b) cellwatch run, per CPU second of the service", svc["cpu_rate"], "readings/CPU-s")
+        rep.add("B2", "ratio b/a (wall)", round(ratio, 3), "", ">= 0.8", ratio >= 0.8)
+        rep.add("B2", "ratio b/a (per CPU second)", round(svc["cpu_rate"] / bare_cpu, 3), "")
+        rep.details["B2"] = {"readings": nr, "cell_results": nc, "bare_kafka_python": bare, "confluent": conf,
+                             "service": svc}
+    finally:
+        if not keep_topic:
+            C.delete_topics([tr, tc, *C.output_topics(rid)])
+    return out
+
+
+# ================================================================================================ B5
+def bench_b5(args, rep: C.Report, prepared: dict | None = None) -> None:
+    n = 30_000 if args.quick else args.readings
+    models = C.models_dir(args.models)
+    if prepared:
+        tr, tc, rid, nr, _ = prepared["topic"]
+        one = prepared["service"]
+    else:
+        tr, tc, rid, nr, _ = _prepare_topic(n)
+        one = None
+    try:
+        if one is None:
+            one = _service_run(models, tr, tc, rid, nr, 1, args.timeout)
+        two = _service_run(models, tr, tc, rid, nr, 2, args.timeout)
+        ratio = two["steady_rate"] / one["steady_rate"]
+        rep.add("B5", f"1 x cellwatch run, {nr:,} readings, 4 partitions, steady", one["steady_rate"], "readings/s")
+        rep.add("B5", "2 x cellwatch run in one group, steady", two["steady_rate"], "readings/s")
+        rep.add("B5", "speed-up 2 vs 1 (steady 10 %-90 %)", round(ratio, 2), "x", ">= 1.7x", ratio >= 1.7)
+        rep.add("B5", "speed-up 2 vs 1 (first -> last batch)",
+                round(two["first_to_last_rate"] / one["first_to_last_rate"], 2), "x")
+        rep.details["B5"] = {"one": one, "two": two, "load_average": C.load_average()}
+    finally:
+        C.delete_topics([tr, tc, *C.output_topics(rid)])
+
+
+# ================================================================================================ B3
+def _paced_producer(readings: pd.DataFrame, topic: str, rate: float, seconds: float, stop: threading.Event,
+                    sent: list[int]) -> None:
+    """Produce ``rate`` readings/s for ``seconds``, each with ts = now (re-encoded per 20 ms tick)."""
+    p = C.FastProducer()
+    tick = 0.02
+    per_tick = max(1, int(round(rate * tick)))
+    r = readings.sort_values("ts", kind="stable").reset_index(drop=True)
+    keys = C.reading_keys(r)
+    pos, t0 = 0, time.monotonic()
+    k = 0
+    while not stop.is_set() and time.monotonic() - t0 < seconds and pos < len(r):
+        chunk = r.iloc[pos:pos + per_tick].copy()
+        now = pd.Timestamp.now(tz="UTC")
+        chunk["ts"] = now
+        now_ms = int(now.value // 1_000_000)
+        for v, key in zip(contract.encode_readings(chunk), keys[pos:pos + per_tick], strict=True):
+            p.send(topic, v, key, timestamp_ms=now_ms)
+        p.poll()
+        pos += len(chunk)
+        k += 1
+        delay = t0 + k * tick - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    p.flush()
+    sent.append(pos)
+
+
+def _output_latencies(topic: str, ts_field: str, timeout_s: float = 20.0) -> np.ndarray:
+    """Seconds from the message's ``ts_field`` (a reading time) to its Kafka timestamp (published after commit)."""
+    from kafka import KafkaConsumer
+
+    cons = KafkaConsumer(topic, bootstrap_servers=C.KAFKA, auto_offset_reset="earliest", enable_auto_commit=False,
+                         group_id=None, consumer_timeout_ms=int(timeout_s * 1000))
+    out = []
+    try:
+        for m in cons:
+            t = orjson.loads(m.value).get(ts_field)
+            if t:
+                out.append(m.timestamp / 1000 - pd.Timestamp(t).timestamp())
+    finally:
+        cons.close()
+    return np.asarray(out)
+
+
+def bench_b3(args, rep: C.Report) -> None:
+    rate = args.rate
+    seconds = 30 if args.quick else 120
+    models = C.models_dir(args.models)
+    readings, _ = C.load_sim(int(rate * seconds * 1.1), seed=13)
+    tr, tc, rid = C.new_topics(4)
+    schema = f"bench_{rid}_lat"
+    proc = C.start(C.run_cmd(models, tr, tc, rid, schema, f"bench-{rid}-lat"), f"run-{rid}-lat")
+    try:
+        log = C.CACHE / f"run-{rid}-lat.log"
+        t0 = time.monotonic()
+        while b"partitions assigned" not in (log.read_bytes() if log.exists() else b""):
+            if proc.poll() is not None or time.monotonic() - t0 > 120:
+                raise RuntimeError(f"cellwatch run did not join the group; see {log}")
+            time.sleep(0.5)
+        stop, sent = threading.Event(), []
+        t_start = time.monotonic()
+        _paced_producer(readings, tr, rate, seconds, stop, sent)
+        achieved = sent[0] / (time.monotonic() - t_start)
+        C.wait_scored(schema, sent[0], [proc], args.timeout)
+        time.sleep(1.5)  # the last pipeline_stats row rides with the next write: none comes, read what is there
+    finally:
+        C.stop(proc)
+    sc = C.pg("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM scored_at - ts)), "
+              "percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM scored_at - ts)) FROM scores", schema)
+    ps = C.pg("SELECT e2e_p50_ms, e2e_p99_ms, readings FROM pipeline_stats WHERE e2e_p50_ms IS NOT NULL", schema)
+    ps = np.array(ps, dtype="float64") if ps else np.zeros((0, 3))
+    out_lat = _output_latencies(f"bench.scores.{rid}", "ts")
+    inc_lat = _output_latencies(f"bench.incidents.{rid}", "updated_at")
+    n_inc = C.count(schema, "incidents")
+    C.drop_schema(schema)
+    C.delete_topics([tr, tc, *C.output_topics(rid)])
+    p99_pub = float(np.percentile(out_lat, 99) * 1000) if len(out_lat) else float("nan")
+    rep.add("B3", f"input rate (target {rate:,.0f}/s, {seconds} s, ts = now)", achieved, "readings/s")
+    rep.add("B3", "reading ts -> scored (scores.scored_at - ts) p50", float(sc[0][0]) * 1000, "ms")
+    rep.add("B3", "reading ts -> scored p99", float(sc[0][1]) * 1000, "ms")
+    if len(ps):
+        rep.add("B3", "Kafka ts -> batch committed (pipeline_stats) median of batch p50", float(np.median(ps[:, 0])),
+                "ms")
+        rep.add("B3", "Kafka ts -> batch committed, 99th pct of batch p99", float(np.percentile(ps[:, 1], 99)), "ms",
+                "< 500 ms", float(np.percentile(ps[:, 1], 99)) < 500)
+    if len(out_lat):
+        rep.add("B3", "reading ts -> score published (after commit) p50", float(np.median(out_lat) * 1000), "ms")
+        rep.add("B3", "reading ts -> score published (after commit) p99", p99_pub, "ms", "< 500 ms", p99_pub < 500)
+    if len(inc_lat):
+        rep.add("B3", f"reading ts -> incident published (after commit) p50, {len(inc_lat)} updates",
+                float(np.median(inc_lat) * 1000), "ms")
+        rep.add("B3", "reading ts -> incident published p99", float(np.percentile(inc_lat, 99) * 1000), "ms",
+                "< 500 ms", float(np.percentile(inc_lat, 99) * 1000) < 500)
+    rep.details["B3"] = {"rate": rate, "achieved": achieved, "seconds": seconds, "sent": sent[0],
+                         "incidents": n_inc, "batches": len(ps), "load_average": C.load_average()}
+
+
+# ================================================================================================ B4
+def bench_b4(args, rep: C.Report) -> None:
+    n = 60_000 if args.quick else args.b4_readings
+    models = C.models_dir(args.models)
+    tr, tc, rid, nr, _ = _prepare_topic(n, seed=17)
+    schema = f"bench_{rid}_mem"
+    proc = C.start(C.run_cmd(models, tr, tc, rid, schema, f"bench-{rid}-mem"), f"run-{rid}-mem")
+    samples: list[tuple[float, int, int]] = []  # (t, readings done, rss)
+    try:
+        t0 = time.monotonic()
+        while True:
+            done = C.pg("SELECT coalesce(sum(readings), 0) FROM pipeline_stats", schema)
+            done = int(done[0][0]) if done else 0
+            samples.append((time.monotonic() - t0, done, C.rss_bytes(proc.pid)))
+            if done >= nr * 0.995 and C.count(schema, "readings") >= nr:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError("cellwatch run exited")
+            if time.monotonic() - t0 > args.timeout * 5:
+                raise TimeoutError("B4 did not finish")
+            time.sleep(3)
+    finally:
+        C.stop(proc)
+        C.drop_schema(schema)
+        C.delete_topics([tr, tc, *C.output_topics(rid)])
+    s = np.array(samples, dtype="float64")
+
+    def rss_at(frac: float) -> float:
+        i = int(np.searchsorted(s[:, 1], frac * nr))
+        return s[min(i, len(s) - 1), 2] / 2**20
+
+    tail = s[s[:, 1] >= 0.1 * nr]
+    slope = np.polyfit(tail[:, 1] / 1e6, tail[:, 2] / 2**20, 1)[0] if len(tail) >= 3 else float("nan")
+    growth = rss_at(1.0) - rss_at(0.1)
+    rep.add("B4", f"RSS at 10 % of {nr:,} readings", rss_at(0.1), "MiB")
+    rep.add("B4", "RSS at 50 %", rss_at(0.5), "MiB")
+    rep.add("B4", "RSS at 100 %", rss_at(1.0), "MiB")
+    rep.add("B4", "RSS slope 10 % -> 100 % (least squares)", round(slope, 1), "MiB per M readings",
+            "flat (< 10 % growth)", growth < 0.1 * rss_at(0.1))
+    rep.details["B4"] = {"readings": nr, "samples": samples}
+
+
+# ================================================================================================ B6
+def _train_worker(data: str, models: str, out: str) -> None:
+    """Runs in a fresh process: train_models with every stage timed; peak RSS (ru_maxrss) after each stage."""
+    import json
+
+    import cellwatch.detect.train as T
+    from cellwatch.detect.defect import DefectModel
+
+    stages: list[dict] = []
+    t_all = time.perf_counter()
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = fn(*a, **kw)
+            stages.append({"stage": name, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+            return res
+        return wrapper
+
+    T.load_dataset = timed("load data", T.load_dataset)
+    T.fit_station_models = timed("station detectors (fit_station_models)", T.fit_station_models)
+    T.replay_features = timed("defect features (replay through LineScorer)", T.replay_features)
+    DefectModel.fit = timed("defect model (LightGBM fit + calibration)", DefectModel.fit)
+    summary = T.train_models(data, models, progress=False)
+    Path(out).write_text(json.dumps({"stages": stages, "total_wall_s": time.perf_counter() - t_all,
+                                     "total_cpu_s": time.process_time(),
+                                     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                                     "summary": summary}, default=str))
+
+
+def bench_b6(args, rep: C.Report) -> None:
+    import json
+    import tempfile
+
+    hours, lines = (4, 2) if args.quick else (24, 6)
+    data = C.sim_dir(hours, lines, seed=3)
+    with tempfile.TemporaryDirectory(prefix="cellwatch-b6-") as tmp:
+        out = Path(tmp) / "b6.json"
+        subprocess.run([sys.executable, __file__, "_train", str(data), str(Path(tmp) / "models"), str(out)],
+                       check=True)
+        res = json.loads(out.read_text())
+    s = res["summary"]
+    label = f"{s['readings']:,} readings / {s['defect_cells']:,} cells"
+    for st in res["stages"]:
+        rep.add("B6", f"{st['stage']}", round(st["wall_s"], 1), "s wall", f"cpu {st['cpu_s']:.0f} s")
+        rep.add("B6", f"  peak RSS after: {st['stage'].split(' (')[0]}", round(st["peak_rss_mib"]), "MiB")
+    rep.add("B6", f"cellwatch train total, {label}", round(res["total_wall_s"], 1), "s wall",
+            f"cpu {res['total_cpu_s']:.0f} s")
+    rep.add("B6", "peak RSS of the training process", round(res["peak_rss_mib"]), "MiB")
+    rep.details["B6"] = res
+
+
+# ================================================================================================ profile
+def profile(args) -> None:
+    """pyinstrument on the scoring core (B1 data), or py-spy on a ``cellwatch run`` consuming a B2-style topic."""
+    if args.target == "core":
+        from pyinstrument import Profiler
+
+        from cellwatch.detect.core import load_scorer
+
+        readings, _ = C.load_sim(50_000 if args.quick else 200_000, seed=7)
+        scorer = load_scorer(C.models_dir(args.models))
+        batches = _core_batches(readings, SCORING_BATCH)
+        state = scorer.new_state()
+        prof = Profiler(interval=0.001)
+        prof.start()
+        for b in batches:
+            scorer.process(b, state)
+        prof.stop()
+        print(prof.output_text(unicode=False, color=False, show_all=False))
+        if args.html:
+            Path(args.html).write_text(prof.output_html())
+        return
+    n = 100_000 if args.quick else 400_000
+    tr, tc, rid, nr, _ = _prepare_topic(n)
+    schema = f"bench_{rid}_prof"
+    proc = C.start(C.run_cmd(C.models_dir(args.models), tr, tc, rid, schema, f"bench-{rid}-prof"),
+                   f"run-{rid}-prof")
+    try:
+        while C.count(schema) == 0:
+            time.sleep(0.5)
+        spy = subprocess.run(["py-spy", "record", "--pid", str(proc.pid), "--duration", str(args.duration),
+                              "--format", "speedscope" if args.html else "raw", "--output",
+                              args.html or str(C.CACHE / f"pyspy-{rid}.txt"), "--rate", "50"], check=False)
+        print(f"py-spy exit {spy.returncode}; output {args.html or C.CACHE / f'pyspy-{rid}.txt'}")
+    finally:
+        C.stop(proc)
+        C.drop_schema(schema)
+        C.delete_topics([tr, tc, *C.output_topics(rid)])
+
+
+# ================================================================================================ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("b1", "b2", "b3", "b4", "b5", "b6", "all", "profile"):
+        p = sub.add_parser(name)
+        p.add_argument("--quick", action="store_true", help="small sizes (while others use the machine)")
+        p.add_argument("--models", help="model registry (default: trained once on 4 h x 1 line, cached)")
+        p.add_argument("--json", type=Path, help="write the figures to this JSON file")
+        p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a service run")
+        p.add_argument("--rate", type=float, default=5000, help="B3 input rate (readings/s)")
+        p.add_argument("--readings", type=int, default=1_000_000, help="B2/B5 topic size (readings)")
+        p.add_argument("--b4-readings", type=int, default=5_000_000, help="B4 run length")
+        if name == "profile":
+            p.add_argument("target", choices=("core", "service"))
+            p.add_argument("--html", help="write pyinstrument HTML / py-spy speedscope here")
+            p.add_argument("--duration", type=int, default=30)
+    tr = sub.add_parser("_train")
+    tr.add_argument("data")
+    tr.add_argument("models")
+    tr.add_argument("out")
+    args = ap.parse_args()
+    C.CACHE.mkdir(parents=True, exist_ok=True)
+    if args.cmd == "_train":
+        _train_worker(args.data, args.models, args.out)
+        return
+    if args.cmd == "profile":
+        profile(args)
+        return
+    rep = C.Report()
+    rep.details["load_average_start"] = C.load_average()
+    rep.details["started"] = pd.Timestamp.now(tz="UTC").isoformat()
+    todo = ("b1", "b2", "b5", "b3", "b4", "b6") if args.cmd == "all" else (args.cmd,)
+    prepared = None
+    for name in todo:
+        print(f"--- {name.upper()} (load average {C.load_average():.1f})", flush=True)
+        if name == "b2":
+            prepared = bench_b2(args, rep, keep_topic="b5" in todo)
+        elif name == "b5":
+            bench_b5(args, rep, prepared)
+        else:
+            globals()[f"bench_{name}"](args, rep)
+        rep.write(args.json)
+    rep.details["load_average_end"] = C.load_average()
+    print(rep.table())
+    rep.write(args.json)
+
+
+if __name__ == "__main__":
+    main()
