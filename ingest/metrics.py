@@ -53,5 +53,12 @@ class Metrics:
         h._sum.inc(float(np.sum(seconds)))
 
     def serve(self, port: int) -> None:
-        if port:
+        """Expose /metrics on ``port`` (0: not at all); a port in use is a clear error."""
+        if not port:
+            return
+        try:
             start_http_server(port, registry=self.registry)
+        except OSError as exc:
+            from cellwatch.errors import CellwatchError
+            raise CellwatchError(f"cannot serve Prometheus metrics on port {port}: {exc.strerror}; "
+                                 "give each worker on one host its own --metrics-port (or 0)") from None
