@@ -38,7 +38,7 @@ from cellwatch.detect.cell_features import (
 )
 from cellwatch.detect.defect import DefectModel
 from cellwatch.detect.incidents import IncidentTracker
-from cellwatch.detect.registry import ModelRegistry, RegistryError
+from cellwatch.detect.registry import ModelLoadError, ModelRegistry, RegistryError
 from cellwatch.ingest.schema import TABLE
 from cellwatch.stations import station, units
 
@@ -400,7 +400,25 @@ def load_scorer(models_dir: str | os.PathLike, **kwargs) -> LineScorer:
     if not isinstance(stations, StationModels):
         raise RegistryError(f"{STATIONS_MODEL} artefact is a {type(stations).__name__}, not StationModels")
     lot_memory = kwargs.pop("lot_memory", smeta.get("lot_memory", 3000))
-    return LineScorer(stations, defect, version, lot_memory=lot_memory, **kwargs)
+    scorer = LineScorer(stations, defect, version, lot_memory=lot_memory, **kwargs)
+    try:
+        scorer.process(_probe_readings(stations), scorer.new_state())
+    except Exception as exc:  # an artefact pickled by older code can fail anywhere inside scoring
+        raise ModelLoadError(f"{version} cannot score with this cellwatch code (retrain it): "
+                             f"{type(exc).__name__}: {exc}"[:400]) from exc
+    return scorer
+
+
+def _probe_readings(stations: StationModels) -> pd.DataFrame:
+    """One reading per station model at its expected sensor values: a load-time check that the artefacts score."""
+    rows = []
+    t0 = pd.Timestamp("2000-01-01", tz="UTC")
+    for i, ((st, rec), model) in enumerate(sorted(stations.models.items())):
+        values = dict(zip(model.bands_["sensor"], model.bands_["expected"].astype(float), strict=True))
+        rows.append({"ts": t0 + pd.Timedelta(seconds=i), "line": "_probe", "station": st,
+                     "cell_id": "_probe" if station(st).kind == "cell" else None, "seq": i,
+                     "recipe": None if rec == ANY else rec, "tags": None, **values})
+    return pd.DataFrame(rows)
 
 
 def production_fingerprint(models_dir: str | os.PathLike) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ class Dataset:
     readings: pd.DataFrame
     cells: pd.DataFrame
     faults: pd.DataFrame
+    events: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def load_dataset(data_dir: str | Path) -> Dataset:
@@ -63,11 +64,12 @@ def load_dataset(data_dir: str | Path) -> Dataset:
     except (OSError, ValueError) as exc:
         raise CellwatchError(f"cannot read the dataset in {d}: {exc}") from exc
     readings, cells, faults = data.readings, data.cells, data.faults
+    events = getattr(data, "events", None)
     if readings.empty:
         raise CellwatchError(f"{d}: readings are empty")
     readings = readings.assign(ts=pd.to_datetime(readings["ts"], utc=True))
     readings = readings.sort_values("ts", kind="stable").reset_index(drop=True)
-    return Dataset(readings, cells, _normalise_faults(faults))
+    return Dataset(readings, cells, _normalise_faults(faults), events if events is not None else pd.DataFrame())
 
 
 def _normalise_faults(faults: pd.DataFrame) -> pd.DataFrame:
@@ -117,9 +119,25 @@ def touched_cells(cells: pd.DataFrame, faults: pd.DataFrame) -> set[str]:
     return out
 
 
+def changeover_mask(readings: pd.DataFrame, events: pd.DataFrame) -> np.ndarray:
+    """Readings of a line during a recipe changeover (``events`` rows with event == "changeover"), +- margin."""
+    out = np.zeros(len(readings), dtype=bool)
+    if events is None or events.empty or "event" not in events:
+        return out
+    ch = events.loc[events["event"] == "changeover"]
+    if ch.empty:
+        return out
+    t = ts_ns(readings["ts"])
+    line = readings["line"].astype(str).to_numpy()
+    for ln, s, e in zip(ch["line"].astype(str), ts_ns(ch["start"] - FAULT_MARGIN), ts_ns(ch["end"] + FAULT_MARGIN),
+                        strict=True):
+        out |= (line == ln) & (t >= s) & (t <= e)
+    return out
+
+
 def exclusion_mask(data: Dataset) -> np.ndarray:
-    """Readings no detector may learn from: fault windows and every reading of a touched cell."""
-    mask = fault_mask(data.readings, data.faults)
+    """Readings no detector may learn from: fault windows, every reading of a touched cell, recipe changeovers."""
+    mask = fault_mask(data.readings, data.faults) | changeover_mask(data.readings, data.events)
     bad_cells = touched_cells(data.cells, data.faults)
     if bad_cells:
         mask |= data.readings["cell_id"].astype(str).isin(bad_cells).to_numpy()

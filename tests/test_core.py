@@ -177,3 +177,26 @@ def test_upstream_anomalies_raise_the_defect_risk():
     high = m.predict_proba(probe)
     assert high.mean() > low.mean() + 0.3
     assert (high >= low).mean() > 0.95
+
+
+def test_load_scorer_rejects_artefacts_that_cannot_score(trained, tmp_path):
+    from cellwatch.detect.core import load_scorer
+    from cellwatch.detect.registry import ModelLoadError, ModelRegistry
+
+    scorer, _ = trained
+    reg = ModelRegistry(tmp_path / "models")
+    reg.register("stations", scorer.stations, {"lot_memory": LOT_MEMORY})
+    reg.register("defect", scorer.defect, {})
+    good = load_scorer(reg.root)
+    assert good.model_version == "stations@1+defect@1"
+    broken = scorer.stations
+    model = next(iter(broken.models.values()))
+    saved = model.scaler_
+    try:
+        del model.scaler_  # what an artefact pickled by older code looks like to newer code
+        reg.register("stations", broken, {"lot_memory": LOT_MEMORY}, promote=False)
+    finally:
+        model.scaler_ = saved
+    reg.root.joinpath("stations", "PRODUCTION").write_text("2\n")
+    with pytest.raises(ModelLoadError, match="cannot score with this cellwatch code"):
+        load_scorer(reg.root)
