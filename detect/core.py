@@ -113,13 +113,16 @@ class LineScorer:
     """Pure scoring core: station detectors + incidents + per-cell defect predictions with genealogy."""
 
     def __init__(self, stations: StationModels, defect: DefectModel | None, model_version: str,
-                 lot_memory: int = 3000, max_open_cells: int = 200_000, explain_top: int = 5):
+                 lot_memory: int = 3000, max_open_cells: int = 200_000, explain_top: int = 5,
+                 explain_from: float = 0.5):
         self.stations = stations
         self.defect = defect
         self.model_version = model_version
         self.lot_memory = int(lot_memory)
         self.max_open_cells = int(max_open_cells)
         self.explain_top = explain_top
+        #: cells are explained (SHAP, the costly part) from this fraction of the decision threshold up; 0 = all
+        self.explain_from = explain_from
         #: readings per (line, station) the service must read back for warm_up
         self.history = max(stations.history, self.lot_memory + 1)
         self._buffer_keep = 2 * self.lot_memory + 1
@@ -338,7 +341,10 @@ class LineScorer:
         types = np.full(len(X), None, dtype=object)
         if flagged.any():
             types[flagged] = self.defect.predict_type(X.loc[flagged])
-        top = [orjson.dumps(t).decode() for t in self.defect.explain(X, self.explain_top)]
+        top = np.full(len(X), None, dtype=object)
+        explain = proba >= self.explain_from * self.defect.threshold_
+        if explain.any():
+            top[explain] = [orjson.dumps(t).decode() for t in self.defect.explain(X.loc[explain], self.explain_top)]
         return pd.DataFrame({
             "cell_id": feats["cell_id"].to_numpy(), "station": feats["station"].to_numpy(),
             "line": feats["line"].to_numpy(), "ts": feats["ts"].to_numpy(), "defect_probability": proba,
