@@ -190,9 +190,13 @@ def test_every_reading_scored_once_faults_become_incidents_bad_messages_dead_let
     wait_until(lambda: count(e["url"], e["schema"], "SELECT count(*) FROM cells WHERE closed") >= len(sim.cells),
                60, "every EOL result stored", [svc])
     import urllib.request
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+    def scrape() -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    # counters move after the offset commit, a moment after the rows are visible in the database
+    wait_until(lambda: f"cellwatch_readings_scored_total {float(n)}" in scrape(), 30, "the scored counter", [svc])
+    metrics = scrape()
     assert svc.kill(signal.SIGTERM) == 0  # a clean stop
-    assert f"cellwatch_readings_scored_total {float(n)}" in metrics
     assert 'cellwatch_dead_letters_total{reason="oversized"} 1.0' in metrics
     assert "cellwatch_end_to_end_seconds_count" in metrics and "cellwatch_consumer_lag{" in metrics
     assert 'cellwatch_model_info{version="stations@' in metrics
