@@ -206,7 +206,7 @@ def output_topics(rid: str) -> list[str]:
 
 
 def start(cmd: list[str], log_name: str) -> subprocess.Popen:
-    log = (CACHE / f"{log_name}.log").open("ab")  # noqa: SIM115 - lives as long as the subprocess
+    log = (CACHE / f"{log_name}.log").open("ab")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -33,9 +33,9 @@ import orjson
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
-from cellwatch import contract  # noqa: E402
+from cellwatch import contract
 
 SCORING_BATCH = 2000  # = the service's default batch_max_records
 
@@ -267,7 +267,7 @@ def _paced_producer(readings: pd.DataFrame, topic: str, rate: float, seconds: fl
     """Produce ``rate`` readings/s for ``seconds``, each with ts = now (re-encoded per 20 ms tick)."""
     p = C.FastProducer()
     tick = 0.02
-    per_tick = max(1, int(round(rate * tick)))
+    per_tick = max(1, round(rate * tick))
     r = readings.sort_values("ts", kind="stable").reset_index(drop=True)
     keys = C.reading_keys(r)
     pos, t0 = 0, time.monotonic()
@@ -289,7 +289,7 @@ def _paced_producer(readings: pd.DataFrame, topic: str, rate: float, seconds: fl
     sent.append(pos)
 
 
-def _output_latencies(topic: str, ts_field: str, timeout_s: float = 20.0) -> np.ndarray:
+def _output_latencies(topic: str, ts_field: str, since: float = 0.0, timeout_s: float = 20.0) -> np.ndarray:
     """Seconds from the message's ``ts_field`` (a reading time) to its Kafka timestamp (published after commit)."""
     from kafka import KafkaConsumer
 
@@ -299,7 +299,7 @@ def _output_latencies(topic: str, ts_field: str, timeout_s: float = 20.0) -> np.
     try:
         for m in cons:
             t = orjson.loads(m.value).get(ts_field)
-            if t:
+            if t and pd.Timestamp(t).timestamp() >= since:
                 out.append(m.timestamp / 1000 - pd.Timestamp(t).timestamp())
     finally:
         cons.close()
@@ -308,9 +308,9 @@ def _output_latencies(topic: str, ts_field: str, timeout_s: float = 20.0) -> np.
 
 def bench_b3(args, rep: C.Report) -> None:
     rate = args.rate
-    seconds = 30 if args.quick else 120
+    warm, seconds = (10, 20) if args.quick else (30, 120)
     models = C.models_dir(args.models)
-    readings, _ = C.load_sim(int(rate * seconds * 1.1), seed=13)
+    readings, _ = C.load_sim(int(rate * (warm + seconds) * 1.1), seed=13)
     tr, tc, rid = C.new_topics(4)
     schema = f"bench_{rid}_lat"
     proc = C.start(C.run_cmd(models, tr, tc, rid, schema, f"bench-{rid}-lat"), f"run-{rid}-lat")
@@ -323,39 +323,47 @@ def bench_b3(args, rep: C.Report) -> None:
             time.sleep(0.5)
         stop, sent = threading.Event(), []
         t_start = time.monotonic()
-        _paced_producer(readings, tr, rate, seconds, stop, sent)
+        # the first `warm` seconds (first-batch JIT compilation, connections) are produced but not measured
+        measured_from = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=warm)
+        _paced_producer(readings, tr, rate, warm + seconds, stop, sent)
         achieved = sent[0] / (time.monotonic() - t_start)
         C.wait_scored(schema, sent[0], [proc], args.timeout)
-        time.sleep(1.5)  # the last pipeline_stats row rides with the next write: none comes, read what is there
+        time.sleep(1.5)
     finally:
         C.stop(proc)
+    since = measured_from.to_pydatetime()
     sc = C.pg("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM scored_at - ts)), "
-              "percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM scored_at - ts)) FROM scores", schema)
-    ps = C.pg("SELECT e2e_p50_ms, e2e_p99_ms, readings FROM pipeline_stats WHERE e2e_p50_ms IS NOT NULL", schema)
+              "percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM scored_at - ts)), count(*) "
+              "FROM scores WHERE ts >= %s", schema, (since,))
+    ps = C.pg("SELECT e2e_p50_ms, e2e_p99_ms, readings FROM pipeline_stats WHERE e2e_p50_ms IS NOT NULL "
+              "AND batch_end >= %s", schema, (since + pd.Timedelta(seconds=1),))
     ps = np.array(ps, dtype="float64") if ps else np.zeros((0, 3))
-    out_lat = _output_latencies(f"bench.scores.{rid}", "ts")
-    inc_lat = _output_latencies(f"bench.incidents.{rid}", "updated_at")
+    cutoff = measured_from.timestamp()
+    out_lat = _output_latencies(f"bench.scores.{rid}", "ts", since=cutoff)
+    inc_lat = _output_latencies(f"bench.incidents.{rid}", "updated_at", since=cutoff)
     n_inc = C.count(schema, "incidents")
     C.drop_schema(schema)
     C.delete_topics([tr, tc, *C.output_topics(rid)])
-    p99_pub = float(np.percentile(out_lat, 99) * 1000) if len(out_lat) else float("nan")
-    rep.add("B3", f"input rate (target {rate:,.0f}/s, {seconds} s, ts = now)", achieved, "readings/s")
-    rep.add("B3", "reading ts -> scored (scores.scored_at - ts) p50", float(sc[0][0]) * 1000, "ms")
+    rep.add("B3", f"input rate (target {rate:,.0f}/s, {warm} s warm-up + {seconds} s measured, ts = now)", achieved,
+            "readings/s")
+    rep.add("B3", f"reading ts -> scored (scores.scored_at - ts) p50, {int(sc[0][2]):,} readings",
+            float(sc[0][0]) * 1000, "ms")
     rep.add("B3", "reading ts -> scored p99", float(sc[0][1]) * 1000, "ms")
     if len(ps):
-        rep.add("B3", "Kafka ts -> batch committed (pipeline_stats) median of batch p50", float(np.median(ps[:, 0])),
-                "ms")
-        rep.add("B3", "Kafka ts -> batch committed, 99th pct of batch p99", float(np.percentile(ps[:, 1], 99)), "ms",
-                "< 500 ms", float(np.percentile(ps[:, 1], 99)) < 500)
+        p99 = float(np.percentile(ps[:, 1], 99))
+        rep.add("B3", f"Kafka ts -> batch committed (pipeline_stats), median of {len(ps)} batch p50s",
+                float(np.median(ps[:, 0])), "ms")
+        rep.add("B3", "Kafka ts -> batch committed, 99th pct of batch p99s", p99, "ms", "< 500 ms", p99 < 500)
     if len(out_lat):
+        p99 = float(np.percentile(out_lat, 99) * 1000)
         rep.add("B3", "reading ts -> score published (after commit) p50", float(np.median(out_lat) * 1000), "ms")
-        rep.add("B3", "reading ts -> score published (after commit) p99", p99_pub, "ms", "< 500 ms", p99_pub < 500)
+        rep.add("B3", "reading ts -> score published (after commit) p99", p99, "ms", "< 500 ms", p99 < 500)
     if len(inc_lat):
+        p99 = float(np.percentile(inc_lat, 99) * 1000)
         rep.add("B3", f"reading ts -> incident published (after commit) p50, {len(inc_lat)} updates",
                 float(np.median(inc_lat) * 1000), "ms")
-        rep.add("B3", "reading ts -> incident published p99", float(np.percentile(inc_lat, 99) * 1000), "ms",
-                "< 500 ms", float(np.percentile(inc_lat, 99) * 1000) < 500)
-    rep.details["B3"] = {"rate": rate, "achieved": achieved, "seconds": seconds, "sent": sent[0],
+        rep.add("B3", "reading ts -> incident published p99", p99, "ms", "< 500 ms", p99 < 500)
+    rep.details["B3"] = {"rate": rate, "achieved": achieved, "warm_s": warm, "seconds": seconds, "sent": sent[0],
                          "incidents": n_inc, "batches": len(ps), "load_average": C.load_average()}
 
 
@@ -436,8 +444,8 @@ def bench_b6(args, rep: C.Report) -> None:
     import json
     import tempfile
 
-    hours, lines = (4, 2) if args.quick else (24, 6)
-    data = C.sim_dir(hours, lines, seed=3)
+    hours, lines, seed = (4, 1, 1001) if args.quick else (24, 6, 0)
+    data = C.sim_dir(hours, lines, seed=seed)
     with tempfile.TemporaryDirectory(prefix="cellwatch-b6-") as tmp:
         out = Path(tmp) / "b6.json"
         subprocess.run([sys.executable, __file__, "_train", str(data), str(Path(tmp) / "models"), str(out)],
@@ -475,8 +483,8 @@ def profile(args) -> None:
         if args.html:
             Path(args.html).write_text(prof.output_html())
         return
-    n = 100_000 if args.quick else 400_000
-    tr, tc, rid, nr, _ = _prepare_topic(n)
+    n = 40_000 if args.quick else 200_000
+    tr, tc, rid, _nr, _ = _prepare_topic(n)
     schema = f"bench_{rid}_prof"
     proc = C.start(C.run_cmd(C.models_dir(args.models), tr, tc, rid, schema, f"bench-{rid}-prof"),
                    f"run-{rid}-prof")
