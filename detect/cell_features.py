@@ -161,61 +161,109 @@ def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[s
 
     if events.empty or event_lots.empty:
         return frames()
-    ev_line = events["line"].astype(str).to_numpy(dtype=object)
     ev_ts = ts_ns(events["ts"])
-    lots = event_lots[["event", "lot"]].drop_duplicates()
-    for name in reversed(LOT_STATIONS):  # slitting first: it links the cell's rolls to their coils
-        buf = buffers.get(name)
-        if buf is None or buf.empty:
-            continue
+    # integer codes for lines and lots (string joins are the slow part)
+    stations = [n for n in reversed(LOT_STATIONS)  # slitting first: it links the cell's rolls to their coils
+                if buffers.get(n) is not None and not buffers[n].empty]
+    flat = {}
+    for name in stations:
+        lots_per_row = buffers[name]["lots"].tolist()
+        counts = np.fromiter((len(x) for x in lots_per_row), dtype=np.int64, count=len(lots_per_row))
+        flat[name] = (np.fromiter((lot for x in lots_per_row for lot in x), dtype=object, count=int(counts.sum())),
+                      counts)
+    lot_codes, _ = pd.factorize(np.concatenate([event_lots["lot"].to_numpy(dtype=object),
+                                                *(f[0] for f in flat.values())]))
+    line_codes, _ = pd.factorize(np.concatenate([events["line"].astype(str).to_numpy(dtype=object),
+                                                 *(buffers[n]["line"].astype(str).to_numpy(dtype=object)
+                                                   for n in stations)]))
+    n_lots = int(lot_codes.max()) + 1 if len(lot_codes) else 1
+    ev_line = line_codes[:len(events)]
+    pair_ev = event_lots["event"].to_numpy(dtype=np.int64)
+    pair_lot = lot_codes[:len(event_lots)]
+    pair_ev, pair_lot = _unique_pairs(pair_ev, pair_lot, n_lots)
+    lot_off, line_off = len(event_lots), len(events)
+    for name in stations:
+        buf = buffers[name]
         sensors = list(station(name).sensor_names)
+        ex_lot = lot_codes[lot_off:lot_off + len(flat[name][0])]
+        lot_off += len(flat[name][0])
+        row_line = line_codes[line_off:line_off + len(buf)]
+        line_off += len(buf)
+        counts = flat[name][1]
+        ex_row = np.repeat(np.arange(len(buf)), counts)
+        # (event, row) for every reading that carries one of the event's lots
+        order = np.argsort(ex_lot, kind="stable")
+        ev_i, k = _expand(pair_ev, np.searchsorted(ex_lot[order], pair_lot, "left"),
+                          np.searchsorted(ex_lot[order], pair_lot, "right"))
+        if ev_i.size == 0:
+            continue
+        row_i = ex_row[order][k]
         # the window of each event: the last lot_memory readings of its (line, station) with ts <= event ts
-        hi = _window_end(buf, ev_line, ev_ts)
-        counts = buf["lots"].map(len).to_numpy()
-        exploded = pd.DataFrame({"lot": [lot for x in buf["lots"].tolist() for lot in x],
-                                 "row": np.repeat(np.arange(len(buf)), counts)})
-        m = lots.merge(exploded, on="lot", how="inner")
-        if m.empty:
-            continue
-        ev_i, row_i = m["event"].to_numpy(), m["row"].to_numpy()
+        hi = _window_end(buf, events["line"].astype(str).to_numpy(dtype=object), ev_ts)
         pos = buf["pos"].to_numpy()[row_i]
-        ok = ((buf["line"].to_numpy(dtype=object)[row_i] == ev_line[ev_i])
-              & (pos > hi[ev_i] - lot_memory) & (pos <= hi[ev_i]))
-        m = m.loc[ok, ["event", "row"]].drop_duplicates()
-        if m.empty:
+        ok = (row_line[row_i] == ev_line[ev_i]) & (pos > hi[ev_i] - lot_memory) & (pos <= hi[ev_i])
+        ev_i, row_i = _unique_pairs(ev_i[ok], row_i[ok], len(buf))
+        if ev_i.size == 0:
             continue
-        rows = buf.iloc[m["row"].to_numpy()][["anomaly_score", "is_anomaly", "run_start", *sensors]]
-        rows = rows.set_axis(m["event"].to_numpy(), axis=0)
-        g = rows.groupby(level=0, sort=False)
-        n = g.size().to_numpy(dtype="float64")
-        at = g.size().index.to_numpy()
-        anomalous = g["is_anomaly"].sum().to_numpy(dtype="float64")
-        stats = [n, g["anomaly_score"].max().to_numpy(), g["anomaly_score"].mean().to_numpy(), anomalous,
-                 anomalous / n, g["run_start"].sum().to_numpy(dtype="float64")]
+        values = buf[["anomaly_score", "is_anomaly", "run_start", *sensors]].to_numpy(dtype="float64")
+        at, stats, means, _, _ = _aggregate(ev_i, values[row_i])
         first = col[f"{name}.{LOT_STATS[0]}"]
-        out[at, first:first + len(LOT_STATS)] = np.column_stack(stats)
+        out[at, first:first + len(LOT_STATS)] = stats
         first = col[f"{name}.lot_mean.{sensors[0]}"]
-        out[at, first:first + len(sensors)] = g[sensors].mean().to_numpy(dtype="float64")
+        out[at, first:first + len(sensors)] = means
         if name in lags and np.isfinite(anchors).any():
-            target = anchors[m["event"].to_numpy()] - lags[name] * 1e9
-            row_ts = ts_ns(buf["ts"].iloc[m["row"].to_numpy()]).astype("float64")
-            near = np.abs(row_ts - target) <= half_window_s * 1e9
+            target = anchors[ev_i] - lags[name] * 1e9
+            near = np.abs(ts_ns(buf["ts"]).astype("float64")[row_i] - target) <= half_window_s * 1e9
             if near.any():
-                lr = rows.iloc[np.flatnonzero(near)]
-                lg = lr.groupby(level=0, sort=False)
-                at = lg.size().index.to_numpy()
+                at, stats, means, mins, maxs = _aggregate(ev_i[near], values[row_i[near]])
                 first = lcol[f"{name}.{LOCAL_STATS[0]}"]
-                local[at, first:first + len(LOCAL_STATS)] = np.column_stack([
-                    lg.size().to_numpy(dtype="float64"), lg["anomaly_score"].max().to_numpy(),
-                    lg["anomaly_score"].mean().to_numpy()])
-                for agg in ("mean", "min", "max"):
+                local[at, first:first + len(LOCAL_STATS)] = stats[:, :len(LOCAL_STATS)]
+                for agg, block in (("mean", means), ("min", mins), ("max", maxs)):
                     first = lcol[f"{name}.local_{agg}.{sensors[0]}"]
-                    local[at, first:first + len(sensors)] = lg[sensors].agg(agg).to_numpy(dtype="float64")
+                    local[at, first:first + len(sensors)] = block
         # the lots these readings carry (e.g. the coil of a roll) lead further upstream
-        linked = exploded.loc[exploded["row"].isin(m["row"].unique())]
-        more = m.merge(linked[["row", "lot"]], on="row")[["event", "lot"]]
-        lots = pd.concat([lots, more], ignore_index=True).drop_duplicates()
+        ptr = np.concatenate([[0], np.cumsum(counts)])
+        ev_more, k = _expand(ev_i, ptr[row_i], ptr[row_i + 1])
+        pair_ev, pair_lot = _unique_pairs(np.concatenate([pair_ev, ev_more]),
+                                          np.concatenate([pair_lot, ex_lot[k]]), n_lots)
     return frames()
+
+
+def _unique_pairs(a: np.ndarray, b: np.ndarray, n_b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (a, b) integer pairs, sorted by a then b."""
+    key = np.sort(a.astype(np.int64) * np.int64(n_b) + b.astype(np.int64))
+    if key.size:
+        key = key[np.concatenate([[True], key[1:] != key[:-1]])]
+    return key // n_b, key % n_b
+
+
+def _expand(owner: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged ranges [lo, hi) per owner -> (owner repeated, index) pairs."""
+    cnt = np.maximum(hi - lo, 0)
+    total = int(cnt.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    starts = np.repeat(lo, cnt)
+    offsets = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    return np.repeat(owner, cnt), starts + offsets
+
+
+def _aggregate(ev: np.ndarray, values: np.ndarray):
+    """Per event (``ev`` sorted): (events, [n, max score, mean score, anomalous, rate, runs], sensor means, mins,
+    maxs); ``values`` columns: anomaly_score, is_anomaly, run_start, sensors... (NaN sensors are skipped)."""
+    at, start, n = np.unique(ev, return_index=True, return_counts=True)
+    score, flag, runs, sens = values[:, 0], values[:, 1], values[:, 2], values[:, 3:]
+    nf = n.astype("float64")
+    anomalous = np.add.reduceat(flag, start)
+    stats = np.column_stack([nf, np.maximum.reduceat(score, start), np.add.reduceat(score, start) / nf, anomalous,
+                             anomalous / nf, np.add.reduceat(runs, start)])
+    present = ~np.isnan(sens)
+    cnt = np.add.reduceat(present.astype("float64"), start, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.add.reduceat(np.where(present, sens, 0.0), start, axis=0) / cnt
+    mins = np.fmin.reduceat(sens, start, axis=0)
+    maxs = np.fmax.reduceat(sens, start, axis=0)
+    return at, stats, np.where(cnt > 0, means, np.nan), mins, maxs
 
 
 def ts_ns(ts: pd.Series) -> np.ndarray:
