@@ -42,7 +42,7 @@ def _demo(args: argparse.Namespace) -> int:
     opts = DemoOptions(out=Path(args.out), models=Path(args.models) if args.models else None,
                        hours=args.hours, lines=args.lines, train_hours=args.train_hours, seed=args.seed,
                        batch=args.batch, live=not args.no_live, kafka=args.kafka, database_url=args.database_url,
-                       speed=args.speed)
+                       speed=args.speed, faults_per_shift=args.faults_per_shift)
     run_demo(opts)
     return 0
 
@@ -61,7 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--hours", type=float, default=2.0, help="simulated hours to stream (default: 2)")
     demo.add_argument("--train-hours", type=float, default=4.0, help="simulated hours to train on (default: 4)")
     demo.add_argument("--lines", type=int, default=1, help="production lines (default: 1)")
-    demo.add_argument("--seed", type=int, default=7, help="simulation seed (default: 7)")
+    demo.add_argument("--seed", type=int, default=42, help="simulation seed (default: 42)")
+    demo.add_argument("--faults-per-shift", type=float, default=20.0,
+                      help="faults injected per line and 8 h shift in the streamed run (default: 20)")
     demo.add_argument("--batch", type=int, default=2000, help="readings per micro-batch (default: 2000)")
     demo.add_argument("--speed", type=float, default=0.0,
                       help="replay speed (simulated seconds per wall second; 0 = as fast as possible)")

@@ -41,7 +41,8 @@ class DemoOptions:
     hours: float = 2.0
     lines: int = 1
     train_hours: float = 4.0
-    seed: int = 7
+    seed: int = 42
+    faults_per_shift: float = 20.0
     batch: int = 2000
     live: bool = True
     kafka: str | None = None
@@ -198,8 +199,9 @@ def run_demo(opts: DemoOptions) -> Path:
     opts.out.mkdir(parents=True, exist_ok=True)
     view = LiveView(live=opts.live)
     models = ensure_models(opts, view.say)
-    view.say(f"simulating {opts.hours:g} h x {opts.lines} line(s) with faults (seed {opts.seed}) ...")
-    sim = simulate(hours=opts.hours, lines=opts.lines, seed=opts.seed)
+    view.say(f"simulating {opts.hours:g} h x {opts.lines} line(s) with ~{opts.faults_per_shift:g} faults per shift "
+             f"(seed {opts.seed}) ...")
+    sim = simulate(hours=opts.hours, lines=opts.lines, seed=opts.seed, faults_per_shift=opts.faults_per_shift)
     if opts.kafka:
         store = open_store(opts.database_url or f"sqlite:///{opts.out / 'cellwatch.db'}")
     else:
