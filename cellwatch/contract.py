@@ -74,6 +74,9 @@ class Reason(StrEnum):
     WRONG_TYPE = "wrong_type"
     NON_FINITE = "non_finite"
     FUTURE_TIMESTAMP = "future_timestamp"
+    #: set by the pipeline, not the decoder: a reading older than what its stream has already
+    #: scored (seq below the stream's position) and not in the store; dead-lettered, never dropped.
+    LATE = "late"
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +249,7 @@ def _check_common(objs: list[dict], pos: np.ndarray, col: _Collector, now: pd.Ti
     bad = ok & ~(_is_int(schema) & schema.isin(list(SUPPORTED_SCHEMAS)).to_numpy(dtype=bool))
     col.add(pos[bad], Reason.UNKNOWN_SCHEMA, [f"schema={v!r}" for v in schema[bad]])
     ok &= ~bad
-    for name in required:
+    for name in ("ts", *required):
         miss = ok & _field(objs, name).map(lambda v: v is _MISSING or v is None).to_numpy(dtype=bool)
         col.add(pos[miss], Reason.MISSING_FIELD, name)
         ok &= ~miss

@@ -88,6 +88,8 @@ def test_recipe_and_tags_round_trip_through_the_encoder():
     (reading(schema=True), Reason.UNKNOWN_SCHEMA, "True"),
     ({k: v for k, v in reading().items() if k != "schema"}, Reason.MISSING_FIELD, "schema"),
     ({k: v for k, v in reading().items() if k != "station"}, Reason.MISSING_FIELD, "station"),
+    ({k: v for k, v in reading().items() if k != "ts"}, Reason.MISSING_FIELD, "ts"),
+    (reading(ts=None), Reason.MISSING_FIELD, "ts"),
     ({k: v for k, v in reading().items() if k != "values"}, Reason.MISSING_FIELD, "values"),
     (reading(line=None), Reason.MISSING_FIELD, "line"),
     (reading(ts=1764000000), Reason.WRONG_TYPE, "ts"),
