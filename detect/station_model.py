@@ -53,8 +53,9 @@ class WindowState:
 def _epoch_seconds(ts: pd.Series | None, n: int) -> np.ndarray:
     if ts is None:
         return np.full(n, np.nan)
-    t = pd.to_datetime(ts, utc=True, errors="coerce")
-    out = (t - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds().to_numpy(dtype="float64")
+    t = pd.DatetimeIndex(pd.to_datetime(ts, utc=True, errors="coerce")).as_unit("ns")
+    out = t.asi8.astype("float64") / 1e9
+    out[t.isna()] = np.nan
     return out
 
 
@@ -112,7 +113,10 @@ class StationModel:
 
     def _split_lines(self, frame: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
         """(line, row positions) per line, rows in frame order."""
-        return [(str(k), idx) for k, idx in _lines(frame).groupby(_lines(frame), sort=True).indices.items()]
+        names, codes = np.unique(_lines(frame).to_numpy(dtype=object), return_inverse=True)
+        if len(names) == 1:
+            return [(str(names[0]), np.arange(len(frame)))]
+        return [(str(k), np.flatnonzero(codes == i)) for i, k in enumerate(names)]
 
     def _raw(self, frame: pd.DataFrame) -> np.ndarray:
         cols = [frame[s].to_numpy(dtype="float64") if s in frame.columns else np.full(len(frame), np.nan)
@@ -282,11 +286,10 @@ class StationModel:
             sub_issues = {k: v[rows] for k, v in issues.items()}
             top[rows] = top_sensors_json(np.arange(rows.size), contrib, raw[rows], self.scaler_.median_,
                                          self.sensors_, sub_issues, gap[rows], dt_out[rows], self.median_dt_)
-        out["anomaly_score"] = score
-        out["is_anomaly"] = is_anom
-        out["kind"] = pd.Series(kind, index=out.index, dtype=object)
-        out["top_sensors"] = pd.Series(top, index=out.index, dtype=object)
-        return out
+        idx = readings.index
+        return pd.DataFrame({"anomaly_score": score, "is_anomaly": is_anom,
+                             "kind": pd.Series(kind, index=idx, dtype=object),
+                             "top_sensors": pd.Series(top, index=idx, dtype=object)}, index=idx)
 
     # ------------------------------------------------------------------------------------------ PyOD vocabulary
     def _as_frame(self, X) -> pd.DataFrame:
