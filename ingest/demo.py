@@ -94,14 +94,19 @@ def stream_messages(readings: pd.DataFrame, cell_results: pd.DataFrame,
     stream_ids = pd.factorize(keys)[0]
     offsets = pd.Series(np.arange(len(r))).groupby(stream_ids).cumcount().to_numpy()
     msgs = [(t, Message(readings_topic, int(p), int(o), v, k.encode()))
-            for t, p, o, v, k in zip(r["ts"].to_numpy(), stream_ids, offsets, values, keys, strict=True)]
+            for t, p, o, v, k in zip(_naive_utc(r["ts"]), stream_ids, offsets, values, keys, strict=True)]
     if len(cell_results):
         c = cell_results.sort_values("ts", kind="stable").reset_index(drop=True)
         cvals = contract.encode_cell_results(c)
         msgs += [(t, Message(cell_results_topic, 0, i, v, str(cell).encode()))
-                 for i, (t, v, cell) in enumerate(zip(c["ts"].to_numpy(), cvals, c["cell_id"], strict=True))]
+                 for i, (t, v, cell) in enumerate(zip(_naive_utc(c["ts"]), cvals, c["cell_id"], strict=True))]
     order = np.argsort(np.array([t for t, _ in msgs], dtype="datetime64[ns]"), kind="stable")
     return [msgs[i][1] for i in order]
+
+
+def _naive_utc(ts: pd.Series) -> np.ndarray:
+    """UTC timestamps as datetime64[ns] (sortable without timezone objects)."""
+    return pd.to_datetime(ts, utc=True).dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
 
 
 def micro_batches(messages: list[Message], size: int) -> Iterator[list[Message]]:
