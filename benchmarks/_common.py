@@ -44,10 +44,11 @@ def sim_dir(hours: float, lines: int, seed: int) -> Path:
     return out
 
 
-def sim_size(readings: int) -> tuple[float, int]:
-    """(hours, lines) of a simulation with about ``readings`` readings (24 h per line at most)."""
+def sim_size(readings: int, min_lines: int = 4) -> tuple[float, int]:
+    """(hours, lines) of a simulation with about ``readings`` readings: at least ``min_lines`` lines (keys
+    ``line/station`` spread evenly over 4 partitions), 24 h per line at most."""
     line_hours = readings / READINGS_PER_LINE_HOUR
-    lines = max(1, int(np.ceil(line_hours / 24)))
+    lines = max(min_lines, int(np.ceil(line_hours / 24)))
     return round(line_hours / lines, 2), lines
 
 

@@ -328,9 +328,9 @@ def _output_latencies(topic: str, ts_field: str, since: float = 0.0, timeout_s: 
 
 def bench_b3(args, rep: C.Report) -> None:
     rate = args.rate
-    warm, seconds = (10, 20) if args.quick else (30, 120)
+    warm, seconds = (10, 20) if args.quick else (args.b3_warm, args.b3_seconds)
     models = C.models_dir(args.models)
-    readings, _ = C.load_sim(int(rate * (warm + seconds) * 1.1), seed=13)
+    readings, _ = C.load_sim(int(rate * (warm + seconds) * 2), seed=13)
     tr, tc, rid = C.new_topics(4)
     schema = f"bench_{rid}_lat"
     proc = C.start(C.run_cmd(models, tr, tc, rid, schema, f"bench-{rid}-lat"), f"run-{rid}-lat")
@@ -446,6 +446,7 @@ def _train_worker(data: str, models: str, out: str) -> None:
             res = fn(*a, **kw)
             stages.append({"stage": name, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
                            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+            Path(out + ".partial").write_text(json.dumps(stages))  # stages so far, if the run is cut short
             return res
         return wrapper
 
@@ -464,10 +465,11 @@ def bench_b6(args, rep: C.Report) -> None:
     import json
     import tempfile
 
-    hours, lines, seed = (4, 1, 1001) if args.quick else (24, 6, 0)
+    hours, lines, seed = (4, 1, 1001) if args.quick else (args.b6_hours, 6, 0)
     data = C.sim_dir(hours, lines, seed=seed)
     with tempfile.TemporaryDirectory(prefix="cellwatch-b6-") as tmp:
-        out = Path(tmp) / "b6.json"
+        out = C.CACHE / f"b6-{uuid.uuid4().hex[:6]}.json"
+        print(f"training in a subprocess; stage figures so far in {out}.partial", flush=True)
         subprocess.run([sys.executable, __file__, "_train", str(data), str(Path(tmp) / "models"), str(out)],
                        check=True)
         res = json.loads(out.read_text())
@@ -532,6 +534,9 @@ def main() -> None:
         p.add_argument("--json", type=Path, help="write the figures to this JSON file")
         p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a service run")
         p.add_argument("--rate", type=float, default=5000, help="B3 input rate (readings/s)")
+        p.add_argument("--b3-warm", type=int, default=30, help="B3: seconds produced before measuring")
+        p.add_argument("--b3-seconds", type=int, default=120, help="B3: seconds measured")
+        p.add_argument("--b6-hours", type=float, default=24, help="B6: hours of 6 lines (24 h: 1.08 M readings)")
         p.add_argument("--b1-readings", type=int, default=200_000, help="B1 data size (readings)")
         p.add_argument("--readings", type=int, default=1_000_000, help="B2/B5 topic size (readings)")
         p.add_argument("--b4-readings", type=int, default=5_000_000, help="B4 run length")
