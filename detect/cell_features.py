@@ -136,6 +136,38 @@ def own_features(events: pd.DataFrame) -> pd.DataFrame:
 def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[str, pd.DataFrame],
                  lot_memory: int, anchors: np.ndarray | None = None, lags: dict[str, float] | None = None,
                  half_window_s: float = 60.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Genealogy features per event (see :func:`_lot_features`), computed once per distinct event signature.
+
+    Events with the same line, lot set, window end at every lot station and anchor (many cells of a batch share
+    their rolls and coils) have identical features: only one per signature is expanded, then broadcast.
+    """
+    anchors = np.full(len(events), np.nan) if anchors is None else np.asarray(anchors, dtype="float64")
+    if events.empty or event_lots.empty:
+        return _lot_features(events, event_lots, buffers, lot_memory, anchors, lags, half_window_s)
+    ev_line = events["line"].astype(str).to_numpy(dtype=object)
+    ev_ts = ts_ns(events["ts"])
+    ends = [_window_end(buffers[n], ev_line, ev_ts) for n in LOT_STATIONS
+            if buffers.get(n) is not None and not buffers[n].empty]
+    lot_sets = pd.Series([()] * len(events), dtype=object)
+    grouped = event_lots.groupby("event")["lot"].agg(lambda x: tuple(sorted(set(x))))
+    lot_sets.iloc[grouped.index.to_numpy()] = grouped.to_numpy()
+    keys = list(zip(ev_line.tolist(), lot_sets.tolist(), *(e.tolist() for e in ends),
+                    np.nan_to_num(anchors, nan=-1.0).tolist(), strict=True))
+    sig, _ = pd.factorize(pd.Series(keys, dtype=object))
+    first = pd.Series(np.arange(len(events))).groupby(sig).first().to_numpy()  # representative per signature
+    rep_pos = pd.Series(np.arange(len(first)), index=first)
+    sel = event_lots["event"].isin(first).to_numpy()
+    rep_lots = pd.DataFrame({"event": rep_pos.loc[event_lots["event"].to_numpy()[sel]].to_numpy(),
+                             "lot": event_lots["lot"].to_numpy()[sel]})
+    lot, local = _lot_features(events.iloc[first].reset_index(drop=True), rep_lots, buffers, lot_memory,
+                               anchors[first], lags, half_window_s)
+    return (pd.DataFrame(lot.to_numpy()[sig], index=events.index, columns=LOT_FEATURES),
+            pd.DataFrame(local.to_numpy()[sig], index=events.index, columns=LOCAL_FEATURES))
+
+
+def _lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[str, pd.DataFrame],
+                  lot_memory: int, anchors: np.ndarray | None = None, lags: dict[str, float] | None = None,
+                  half_window_s: float = 60.0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Genealogy features per event.
 
     ``events``: columns ``line`` and ``ts``, one row per event. ``event_lots``: columns ``event`` (the event's
