@@ -276,6 +276,10 @@ def bench_b5(args, rep: C.Report, prepared: dict | None = None) -> None:
         rep.add("B5", "speed-up 2 vs 1 (steady 10 %-90 %)", round(ratio, 2), "x", ">= 1.7x", ratio >= 1.7)
         rep.add("B5", "speed-up 2 vs 1 (first -> last batch)",
                 round(two["first_to_last_rate"] / one["first_to_last_rate"], 2), "x")
+        rep.add("B5", "readings per CPU second, 1 process", one["cpu_rate"], "readings/CPU-s")
+        rep.add("B5", "readings per CPU second, 2 processes together", two["cpu_rate"], "readings/CPU-s")
+        rep.add("B5", "CPU efficiency 2 vs 1 (1.0 = no work duplicated by splitting)",
+                round(two["cpu_rate"] / one["cpu_rate"], 2), "")
         rep.details["B5"] = {"one": one, "two": two, "load_average": C.load_average()}
     finally:
         C.delete_topics([tr, tc, *C.output_topics(rid)])
