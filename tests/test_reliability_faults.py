@@ -45,7 +45,7 @@ from cellwatch.ingest.demo import stream_messages
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
 SIM_SEED = 24      # one line, faults on mixing and filling (incidents to compare)
-SIM_HOURS = 1.5    # ~10k readings
+SIM_HOURS = 1.8    # ~10.5k readings
 GRAFANA_MESSAGES = 4000
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = REPO / "scripts" / "services"
