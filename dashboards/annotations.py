@@ -92,6 +92,7 @@ class AnnotationSender:
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._ids: OrderedDict[str, tuple[int, bool]] = OrderedDict()  # incident_id -> (annotation id, closed)
+        self._uncertain: set[str] = set()  # a POST failed without a clear answer: Grafana may have stored it
         self._stop = False
         self._inflight = 0
         self.sent = self.dropped = self.failed = self.retries = 0
@@ -156,6 +157,7 @@ class AnnotationSender:
             except (GrafanaException, niquests.exceptions.RequestException) as exc:
                 if not isinstance(exc, GrafanaClientError):  # unreachable, timeout or 5xx: back off, retry it
                     self.retries += 1
+                    self._uncertain.add(item.incident_id)  # look it up before posting again
                     log.info("Grafana unavailable for annotations (%s); retrying in %.1fs", type(exc).__name__, wait)
                     with self._cond:
                         self._cond.wait(timeout=wait)
@@ -175,6 +177,14 @@ class AnnotationSender:
     def _deliver(self, item: _Item) -> bool:
         """Post or patch one incident's annotation; False when Grafana already shows this state."""
         known = self._ids.get(item.incident_id)  # (annotation id, closed)
+        if known is None and item.incident_id in self._uncertain:
+            found = self._find(item)  # a timed-out POST may have been stored: never post it twice
+            self._uncertain.discard(item.incident_id)
+            if found is not None:
+                known = (found, False)  # patch it to this item's state below
+                if not item.closed:
+                    self._remember(item.incident_id, found, False)
+                    return True
         if known is not None and (known[1] or not item.closed):
             return False
         if known is not None:
@@ -186,6 +196,16 @@ class AnnotationSender:
         ann_id = int(answer["id"]) if isinstance(answer, dict) and "id" in answer else -1
         self._remember(item.incident_id, ann_id, item.closed)
         return True
+
+    def _find(self, item: _Item) -> int | None:
+        """Id of an annotation Grafana already holds for this incident (same start time and tags), or None."""
+        t = item.payload["time"]
+        found = self.api.client.GET("/annotations", params={"from": t, "to": t, "tags": item.payload["tags"],
+                                                            "type": "annotation", "limit": 100})
+        for ann in found if isinstance(found, list) else []:
+            if isinstance(ann, dict) and (ann.get("data") or {}).get("incident_id") == item.incident_id:
+                return int(ann["id"])
+        return None
 
     def _remember(self, incident_id: str, ann_id: int, closed: bool) -> None:
         self._ids[incident_id] = (ann_id, closed)

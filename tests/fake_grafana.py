@@ -144,7 +144,7 @@ class FakeGrafana:
         if parts[0] == "dashboards":
             return self._dashboards(method, parts[1:], body)
         if parts[0] == "annotations":
-            return self._annotations(method, parts[1:], body)
+            return self._annotations(method, parts[1:], body, args)
         if parts[:2] == ["v1", "provisioning"]:
             return self._provisioning(method, parts[2:], body, args)
         return 404, {"message": "Not found"}
@@ -216,7 +216,10 @@ class FakeGrafana:
             return (200, found) if found else (404, {"message": "Dashboard not found"})
         return 404, {"message": "Not found"}
 
-    def _annotations(self, method, rest, body):
+    def _annotations(self, method, rest, body, args=None):
+        if method == "GET" and not rest:  # find: by time window (tags/type filters not modelled)
+            lo, hi = int((args or {}).get("from", 0)), int((args or {}).get("to", 2**62))
+            return 200, [a for a in self.annotations.values() if lo <= a["time"] <= hi]
         if method == "POST" and not rest:
             ann_id = next(self._ids)
             self.annotations[ann_id] = {"id": ann_id, **body}
