@@ -283,7 +283,7 @@ class Report:
     def add(self, bench: str, metric: str, value: float | str, unit: str = "", goal: str = "",
             met: bool | None = None) -> None:
         self.rows.append({"bench": bench, "metric": metric, "value": value, "unit": unit, "goal": goal,
-                          "met": met})
+                          "met": None if met is None else bool(met)})
 
     def table(self) -> str:
         def fmt(v: Any) -> str:
