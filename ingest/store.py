@@ -256,7 +256,10 @@ class SQLiteStore(Store):
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise CellwatchError(f"cannot open SQLite database {self.path}: {exc}") from None
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
 
@@ -322,8 +325,10 @@ class PostgresStore(Store):
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"PostgreSQL unreachable: {redact(str(exc)).strip()}") from None
         if self.schema:
-            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            conn.execute(f'SET search_path TO "{self.schema}"')
+            from psycopg import sql
+
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
         self._temp_ready: set[str] = set()
         return conn
 

@@ -50,6 +50,10 @@ def write_parquet(result: SimulationResult, out_dir: str | Path, manifest: dict 
     return paths
 
 
+#: Columns a dataset must have for training and evaluation (the contract's reading keys; a cell's identity and label).
+_REQUIRED = {"readings": ("ts", "line", "station", "cell_id", "seq"), "cells": ("cell_id", "line", "ts", "defect")}
+
+
 def read_dataset(directory: str | Path) -> SimulationResult:
     """Read a directory written by :func:`write_parquet` back into a :class:`SimulationResult`."""
     d = Path(directory)
@@ -58,7 +62,14 @@ def read_dataset(directory: str | Path) -> SimulationResult:
     frames = {}
     for name, file in FILES.items():
         path = d / file
-        frames[name] = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+        try:
+            frames[name] = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+        except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+            raise CellwatchError(f"{path} is not a readable Parquet file: {exc}") from None
+    for name, required in _REQUIRED.items():
+        missing = [c for c in required if c not in frames[name].columns]
+        if missing and (name == "readings" or len(frames[name].columns)):
+            raise CellwatchError(f"{d / FILES[name]} lacks the column(s) {', '.join(missing)}")
     for name in ("cells", "faults"):
         for col in ("fault_ids", "sensors", "cells"):
             if col in frames[name]:

@@ -86,10 +86,8 @@ CASES: list = [
     ("replay-dead-kafka", ["replay", "--input", "{ok_csv}", "--kafka", DEAD_KAFKA], {}),
     ("run-unknown-models", ["run", "--models-dir", "{missing_dir}", "--metrics-port", "0",
                             "--database-url", "sqlite:///{out}/run1.db"], {"CELLWATCH_KAFKA": DEAD_KAFKA}),
-    pytest.param("run-unopenable-sqlite", ["run", "--models-dir", "{models}", "--metrics-port", "0",
-                                           "--database-url", "sqlite:///{missing_dir}/x.db"], {},
-                 marks=pytest.mark.xfail(strict=True, reason="REQUESTS.md 13:50: sqlite3.OperationalError traceback "
-                                                             "(ingest/store.py SQLiteStore.__init__)")),
+    ("run-unopenable-sqlite", ["run", "--models-dir", "{models}", "--metrics-port", "0",
+                               "--database-url", "sqlite:///{missing_dir}/x.db"], {}),
     ("run-bad-int", ["run", "--batch-max-records", "lots"], {}),
     ("run-bad-url", ["run", "--database-url", "mysql://x@y/z", "--metrics-port", "0"], {}),
     ("run-missing-config", ["run", "--config", "{missing}"], {}),
@@ -101,9 +99,7 @@ CASES: list = [
                         "--database-url", "sqlite:///{out}/run2.db"], {"CELLWATCH_KAFKA": DEAD_KAFKA}),
     ("train-missing-data", ["train", "--data", "{missing_dir}", "--models", "{out}/m1"], {}),
     ("train-empty-data", ["train", "--data", "{empty_dir}", "--models", "{out}/m2"], {}),
-    pytest.param("train-missing-columns", ["train", "--data", "{bad_data}", "--models", "{out}/m3"], {},
-                 marks=pytest.mark.xfail(strict=True, reason="REQUESTS.md 13:50: KeyError 'ts' traceback "
-                                                             "(detect/train.py: readings.parquet columns unchecked)")),
+    ("train-missing-columns", ["train", "--data", "{bad_data}", "--models", "{out}/m3"], {}),
     ("evaluate-missing-models", ["evaluate", "--data", "{bad_data}", "--models", "{missing_dir}",
                                  "--report", "{out}/r1"], {}),
     ("evaluate-missing-data", ["evaluate", "--data", "{missing_dir}", "--models", "{models}",

@@ -305,8 +305,6 @@ def test_hostile_ids_round_trip_through_postgres(hostile_batch, database_url, pg
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="REQUESTS.md 14:05: PostgresStore interpolates database_schema into "
-                                       "CREATE SCHEMA/SET search_path with plain double quotes")
 def test_hostile_schema_name_is_quoted_as_an_identifier(database_url):
     import psycopg
     from psycopg import sql
