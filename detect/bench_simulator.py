@@ -9,12 +9,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from cellwatch.detect.evaluate import evaluate
 from cellwatch.detect.train import train_models
+from cellwatch.simulators.faults import FAULT_TYPES
 from cellwatch.simulators.files import write_parquet
 from cellwatch.simulators.simulate import simulate
 
 TARGETS = {"incident_recall": 0.98, "false_incidents_per_station_shift": 1.0, "defect_roc_auc": 0.95}
+
+#: The training simulation covers this many times the test hours (default fault rate): a model is trained on
+#: more history than one test run, and at 8 h x 2 lines one run often lacks a fault type (train seed 101 at
+#: 8 h has no tool wear, the test seed's largest defect source). Missing types are reported in the result.
+TRAIN_HOURS_FACTOR = 2.0
+
+
+def missing_fault_types(faults) -> list[str]:
+    """Known fault types absent from a ground-truth faults frame."""
+    seen = set(faults["type"].astype(str)) if len(faults) else set()
+    return [t for t in FAULT_TYPES if t not in seen]
 
 
 def _simulated(directory: Path, hours: float, lines: int, seed: int) -> Path:
@@ -24,10 +38,14 @@ def _simulated(directory: Path, hours: float, lines: int, seed: int) -> Path:
 
 
 def run_simulator(work_dir: str | Path, report_dir: str | Path, hours: float = 24.0, lines: int = 2,
-                  train_seed: int = 101, test_seed: int = 202, progress: bool = True) -> dict:
-    """Simulate (or reuse) the train and test datasets under ``work_dir``, train, evaluate, compare."""
+                  train_seed: int = 101, test_seed: int = 202, progress: bool = True,
+                  train_hours: float | None = None) -> dict:
+    """Simulate (or reuse) the train (``train_hours``, default ``TRAIN_HOURS_FACTOR`` x ``hours``) and test
+    datasets under ``work_dir``, train, evaluate, compare."""
     work, report = Path(work_dir), Path(report_dir)
-    train_dir = _simulated(work / f"train_seed{train_seed}_{hours:g}h_{lines}l", hours, lines, train_seed)
+    train_hours = TRAIN_HOURS_FACTOR * hours if train_hours is None else train_hours
+    train_dir = _simulated(work / f"train_seed{train_seed}_{train_hours:g}h_{lines}l", train_hours, lines, train_seed)
+    untrained = missing_fault_types(pd.read_parquet(train_dir / "faults.parquet", columns=["type"]))
     test_dir = _simulated(work / f"test_seed{test_seed}_{hours:g}h_{lines}l", hours, lines, test_seed)
     models = work / "models"
     summary = train_models(train_dir, models, promote=True, progress=progress)
@@ -38,7 +56,9 @@ def run_simulator(work_dir: str | Path, report_dir: str | Path, hours: float = 2
             "defect_roc_auc": auc, "defect_roc_auc_latest_stage": d.get("latest_stage", {}).get("roc_auc"),
             "defect_roc_auc_by_stage": {k: v["roc_auc"] for k, v in d.get("by_stage", {}).items()},
             "median_detection_delay_s": e["median_delay_s"], "faults": e["faults"], "detected": e["detected"],
-            "missed": e.get("missed", []), "recall_by_type": e.get("by_type", {}), "points": m["points"]}
+            "missed": e.get("missed", []),
+            "fault_types_absent_from_training": untrained, "recall_by_type": e.get("by_type", {}),
+            "points": m["points"]}
     met = {"incident_recall": ours["incident_recall"] >= TARGETS["incident_recall"],
            "false_incidents_per_station_shift": ours["false_incidents_per_station_shift"]
            <= TARGETS["false_incidents_per_station_shift"],
@@ -47,7 +67,8 @@ def run_simulator(work_dir: str | Path, report_dir: str | Path, hours: float = 2
             ("false incidents / station / shift", ours["false_incidents_per_station_shift"], "<= 1",
              met["false_incidents_per_station_shift"]),
             ("defect ROC-AUC (all stage rows)", auc, ">= 0.95", met["defect_roc_auc"])]
-    table = [f"simulator: train seed {train_seed}, test seed {test_seed}, {hours:g} h x {lines} lines each",
+    table = [f"simulator: train seed {train_seed} ({train_hours:g} h), test seed {test_seed} ({hours:g} h), "
+             f"{lines} lines each; fault types absent from training: {', '.join(untrained) or 'none'}",
              f"{'figure':<40}{'ours':>10}{'target':>10}  met"]
     table += [f"{name:<40}{value:>10.3f}{target:>10}  {'yes' if ok else 'NO'}" for name, value, target, ok in rows]
     table.append("defect ROC-AUC by stage: " + ", ".join(f"{k} {v:.3f}" for k, v in

@@ -1,0 +1,53 @@
+"""Event matching rules of the backtest: downstream after-effects of process faults, restart diagnosis."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from cellwatch.detect.bench_simulator import missing_fault_types
+from cellwatch.detect.evaluate import event_level
+
+T0 = pd.Timestamp("2026-03-02 02:00", tz="UTC")
+
+
+def _t(minutes: float) -> pd.Timestamp:
+    return T0 + pd.Timedelta(minutes=minutes)
+
+
+def _scores() -> pd.DataFrame:
+    ts = [_t(m) for m in range(0, 481, 10)]
+    return pd.DataFrame({"ts": ts * 2, "line": "L1", "station": ["coating"] * len(ts) + ["calendering"] * len(ts)})
+
+
+def _incidents(rows: list[tuple[str, float, float]]) -> pd.DataFrame:
+    return pd.DataFrame({"line": "L1", "station": [r[0] for r in rows], "start_ts": [_t(r[1]) for r in rows],
+                         "end_ts": [_t(r[2]) for r in rows]})
+
+
+FAULTS = pd.DataFrame({"fault_id": ["L1-F001"], "type": ["tool_wear"], "line": ["L1"], "station": ["coating"],
+                       "sensors": [["coat_weight_gsm"]], "start_ts": [_t(60)], "end_ts": [_t(90)]})
+
+
+def test_downstream_after_effect_of_a_process_fault_is_not_false_but_counted_apart():
+    inc = _incidents([("coating", 65, 80), ("calendering", 70, 85), ("calendering", 200, 205)])
+    m = event_level(_scores(), inc, FAULTS)
+    assert m["detected"] == 1 and m["downstream_incidents"] == 1
+    assert m["false_alarms_strict"] == 2 and m["false_alarms"] == 1
+
+
+def test_upstream_or_late_incidents_stay_false():
+    sensor_fault = FAULTS.assign(type="drift", station="calendering")  # a sensor fault has no after-effects
+    inc = _incidents([("coating", 70, 75), ("calendering", 200, 201)])
+    m = event_level(_scores(), inc, sensor_fault)
+    assert m["downstream_incidents"] == 0 and m["false_alarms"] == 2
+
+
+def test_false_incidents_after_a_restart_are_diagnosed():
+    events = pd.DataFrame({"line": ["L1"], "event": ["stop"], "start": [_t(290)], "end": [_t(300)]})
+    inc = _incidents([("coating", 305, 320), ("coating", 400, 401)])
+    m = event_level(_scores(), inc, FAULTS, events)
+    assert m["false_alarms"] == 2 and m["false_alarms_after_restart"] == 1
+
+
+def test_missing_fault_types_lists_the_absent_ones():
+    assert "tool_wear" not in missing_fault_types(FAULTS) and "drift" in missing_fault_types(FAULTS)
