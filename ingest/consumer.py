@@ -255,7 +255,7 @@ class StreamService:
         self._annotate(tables)
         while True:  # the store holds the batch; now every output message must be acknowledged
             try:
-                self.producer.publish(out, decoded.dead_keys)
+                self.producer.publish(out, out.dead_keys)
                 self.producer.flush()
                 break
             except (OutputError, Exception) as exc:

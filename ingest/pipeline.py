@@ -43,7 +43,7 @@ class Decoded:
     """A decoded micro-batch: valid readings (wide, time order), valid cell results, rejects."""
 
     readings: pd.DataFrame
-    reading_meta: pd.DataFrame  # _partition, _offset, _kafka_ts_ms per reading row (same index)
+    reading_meta: pd.DataFrame  # _partition, _offset, _kafka_ts_ms, _topic, _payload, _key per reading row
     cell_results: pd.DataFrame
     dead_letters: pd.DataFrame  # dead_letters table columns
     dead_keys: list[bytes | None] = field(default_factory=list)
@@ -67,6 +67,7 @@ class BatchOutput:
     warmed: int = 0
     n_duplicates: int = 0
     n_unscored: int = 0
+    dead_keys: list[bytes | None] = field(default_factory=list)  # Kafka keys of tables["dead_letters"] rows
 
 
 def _dead_letters(messages: Sequence[Message], rejects: Sequence[contract.Reject], received: datetime
@@ -94,7 +95,10 @@ def decode(messages: Sequence[Message], readings_topic: str, cell_results_topic:
     pos = readings.index.to_numpy()
     meta = pd.DataFrame({"_partition": np.array([rmsgs[i].partition for i in pos], dtype=np.int64),
                          "_offset": np.array([rmsgs[i].offset for i in pos], dtype=np.int64),
-                         "_kafka_ts_ms": np.array([rmsgs[i].timestamp_ms or 0 for i in pos], dtype=np.int64)},
+                         "_kafka_ts_ms": np.array([rmsgs[i].timestamp_ms or 0 for i in pos], dtype=np.int64),
+                         "_topic": np.array([rmsgs[i].topic for i in pos], dtype=object),
+                         "_payload": np.array([rmsgs[i].value for i in pos], dtype=object),
+                         "_key": np.array([rmsgs[i].key for i in pos], dtype=object)},
                         index=readings.index)
     # a reading sent twice (producer retry) is scored once: keep the first copy of each natural key
     dup = readings.duplicated(list(contract.READING_ID), keep="first").to_numpy()
@@ -128,6 +132,30 @@ def cells_from_results(results: pd.DataFrame) -> pd.DataFrame:
         "defect_type": results["defect_type"], "closed": True}).reset_index(drop=True)
 
 
+def _stored(readings: pd.DataFrame, store: Store) -> np.ndarray:
+    """Mask of readings whose natural key is already in the store."""
+    found = np.zeros(len(readings), dtype=bool)
+    for (line, station), idx in readings.groupby(["line", "station"], sort=False).groups.items():
+        seqs = readings.loc[idx, "seq"].astype("int64")
+        stored = store.stored_seqs(str(line), str(station), seqs.tolist())
+        found[readings.index.get_indexer(idx)] = seqs.isin(stored).to_numpy()
+    return found
+
+
+def _late_letters(readings: pd.DataFrame, meta: pd.DataFrame, window: WindowState, received: datetime
+                  ) -> pd.DataFrame:
+    """Dead letters for readings that arrived after their stream had moved past them (never silently dropped)."""
+    nxt = [window.next_seq.get((line, st)) for line, st in zip(readings["line"], readings["station"], strict=True)]
+    return pd.DataFrame({
+        "source_topic": meta["_topic"].to_numpy(), "source_partition": meta["_partition"].to_numpy(),
+        "source_offset": meta["_offset"].to_numpy(), "received_at": pd.Timestamp(received),
+        "reason": str(contract.Reason.LATE),
+        "detail": [f"seq {q} of {line}/{st} arrived after seq {n - 1} was scored"
+                   for q, line, st, n in zip(readings["seq"], readings["line"], readings["station"], nxt,
+                                             strict=True)],
+        "payload": meta["_payload"].to_numpy()}, columns=DEAD_LETTER_COLUMNS)
+
+
 def process(decoded: Decoded, window: WindowState, store: Store | None, n_messages: int,
             now: datetime | None = None) -> BatchOutput:
     """Score a decoded batch and shape every result for the store."""
@@ -135,7 +163,13 @@ def process(decoded: Decoded, window: WindowState, store: Store | None, n_messag
     readings, meta = decoded.readings, decoded.reading_meta
     window.note_partitions(pd.concat([readings[["line", "station"]], meta], axis=1))
     seen = window.seen(readings)
-    if seen.any():  # re-sent readings of warm streams: already scored and stored
+    dead, dead_keys = decoded.dead_letters, list(decoded.dead_keys)
+    if seen.any():  # behind their stream's position: re-sent (already stored) or late (never stored)
+        late = seen & ~_stored(readings, store) if store is not None else np.zeros(len(readings), dtype=bool)
+        if late.any():
+            letters = _late_letters(readings[late], meta[late], window, now or datetime.now(UTC))
+            dead = pd.concat([d for d in (dead, letters) if len(d)], ignore_index=True)
+            dead_keys += list(meta.loc[late, "_key"])
         readings, meta = readings[~seen].reset_index(drop=True), meta[~seen].reset_index(drop=True)
     scorer = window.scorer
     accepted = scorer.accepts(readings) if len(readings) else np.zeros(0, dtype=bool)
@@ -156,14 +190,15 @@ def process(decoded: Decoded, window: WindowState, store: Store | None, n_messag
         "cell_predictions": predictions,
         "cells_predicted": cells_from_predictions(predictions),
         "cells_eol": cells_from_results(decoded.cell_results),
-        "dead_letters": decoded.dead_letters,
+        "dead_letters": dead,
     }
-    reasons = decoded.dead_letters["reason"].value_counts().to_dict() if len(decoded.dead_letters) else {}
+    reasons = dead["reason"].value_counts().to_dict() if len(dead) else {}
     return BatchOutput(tables=tables, n_messages=n_messages, n_readings=len(readings), n_scored=len(scores),
-                       n_cell_results=len(decoded.cell_results), n_rejected=len(decoded.dead_letters),
+                       n_cell_results=len(decoded.cell_results), n_rejected=len(dead), dead_keys=dead_keys,
                        reject_reasons={str(k): int(v) for k, v in reasons.items()},
                        kafka_ts_ms=meta["_kafka_ts_ms"].to_numpy(),
-                       n_duplicates=decoded.duplicates + int(seen.sum()), n_unscored=int((~accepted).sum()),
+                       n_duplicates=decoded.duplicates + int(seen.sum()) - (len(dead) - len(decoded.dead_letters)),
+                       n_unscored=int((~accepted).sum()),
                        reading_ts=readings["ts"] if len(readings) else pd.Series(dtype="datetime64[ns, UTC]"),
                        process_ms=(time.perf_counter() - t0) * 1e3, warmed=warmed)
 

@@ -207,6 +207,15 @@ class Store(ABC):
                           f"ORDER BY seq DESC LIMIT {m}) r ORDER BY seq", (line, station, int(before_seq), int(n)))
         return wide_readings(rows)
 
+    def stored_seqs(self, line: str, station: str, seqs: list[int]) -> set[int]:
+        """Which of ``seqs`` of one station are already in ``readings``."""
+        if not seqs:
+            return set()
+        m = self._mark
+        rows = self.query(f"SELECT seq FROM readings WHERE line = {m} AND station = {m} AND seq IN "
+                          f"({', '.join([m] * len(seqs))})", (line, station, *map(int, seqs)))
+        return set(rows["seq"].astype("int64").tolist())
+
     def open_cell_readings(self, lines: Iterable[str], before: datetime | None = None) -> pd.DataFrame:
         """Readings of cells of ``lines`` that have no EOL result yet (wide frame, time order)."""
         lines = sorted(set(lines))
