@@ -53,12 +53,22 @@ class StreamStats:
         return (self.readings + self.cell_results) / self.elapsed_s if self.elapsed_s > 0 else float("nan")
 
 
+def producer_config(**overrides) -> dict:
+    """:data:`PRODUCER_CONFIG` plus the TLS/SASL settings (``CELLWATCH_KAFKA_*``) plus ``overrides``."""
+    from cellwatch.config import load_settings
+
+    return {**PRODUCER_CONFIG, **load_settings({}).kafka_security(), **overrides}
+
+
 def make_producer(bootstrap: str, **overrides):
-    """A kafka-python producer with :data:`PRODUCER_CONFIG`; ServiceUnavailable if no broker answers."""
+    """A kafka-python producer with :data:`PRODUCER_CONFIG`; ServiceUnavailable if no broker answers.
+
+    TLS/SASL come from the same ``CELLWATCH_KAFKA_*`` settings (config file, environment) as the service's.
+    """
     from kafka import KafkaProducer
     from kafka.errors import KafkaError, KafkaTimeoutError
 
-    config = {**PRODUCER_CONFIG, **overrides}
+    config = producer_config(**overrides)
     try:
         return KafkaProducer(bootstrap_servers=bootstrap.split(","), client_id="cellwatch-simulator", **config)
     except KafkaTimeoutError as exc:

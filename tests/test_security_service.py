@@ -326,3 +326,18 @@ def test_hostile_schema_name_is_quoted_as_an_identifier(database_url):
             c.execute("DROP TABLE IF EXISTS public.pwned_by_schema")
             c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
             c.execute('DROP SCHEMA IF EXISTS "cw_x" CASCADE')
+
+
+def test_simulator_and_replay_producers_take_the_kafka_security_settings(monkeypatch):
+    from cellwatch.simulators.produce import producer_config
+
+    monkeypatch.setenv("CELLWATCH_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("CELLWATCH_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("CELLWATCH_KAFKA_SASL_USERNAME", "line-producer")
+    monkeypatch.setenv("CELLWATCH_KAFKA_SASL_PASSWORD", "s3cret-producer")
+    monkeypatch.setenv("CELLWATCH_KAFKA_SSL_CAFILE", "/etc/ssl/plant-ca.pem")
+    config = producer_config()
+    assert config["security_protocol"] == "SASL_SSL" and config["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert config["sasl_plain_username"] == "line-producer" and config["sasl_plain_password"] == "s3cret-producer"
+    assert config["ssl_cafile"] == "/etc/ssl/plant-ca.pem"
+    assert config["acks"] == "all" and config["enable_idempotence"] is True
