@@ -346,8 +346,10 @@ def test_postgres_outage_pauses_then_resumes_without_loss(run_env, sim, private_
     n = len(sim.readings)
     wait_until(lambda: count(url, e["schema"], "SELECT count(*) FROM scores") >= n // 4, 180, "a quarter", [svc])
     private_postgres["stop"]()
+    stopped = time.monotonic()
     wait_until(lambda: "store unavailable" in svc.text(), 60, "the outage noticed", [svc])
-    time.sleep(3)  # stays down a while: the service keeps its group membership and commits nothing
+    # PostgreSQL stays down 30 s: the service keeps its group membership, retries with backoff, commits nothing
+    time.sleep(max(0.0, 30.0 - (time.monotonic() - stopped)))
     assert svc.proc.poll() is None
     private_postgres["start"]()
     wait_until(lambda: count(url, e["schema"], "SELECT count(*) FROM scores") >= n, 240, "every reading", [svc])
