@@ -197,8 +197,8 @@ REVIEWED = {
     ("ingest/store.py", "m"), ("ingest/store.py", "marks"), ("ingest/store.py", "cond"),
     ("ingest/store.py", "table"), ("ingest/store.py", "drops[2:]"), ("ingest/store.py", "tmp"),
     ("ingest/store.py", "', '.join(TABLE[table].key)"),
-    # operator-configured schema name, double-quoted: see test_hostile_schema_name (xfail, requested)
-    ("ingest/store.py", "self.schema"),
+    # one placeholder per value of an IN list (the values are parameters)
+    ("ingest/store.py", "', '.join([m] * len(seqs))"),
 }
 SQL_WORDS = ("SELECT ", "INSERT INTO", "UPDATE ", "DELETE FROM", "CREATE ", "ALTER TABLE", "DROP ", "COPY ",
              "SET search_path", " WHERE ", " FROM ", "ON CONFLICT")  # SQL keywords as we write them: upper case
