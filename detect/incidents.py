@@ -192,12 +192,14 @@ class IncidentTracker:
         counted again. The per-sensor tallies of an open incident restart from its stored sensor list.
         """
         self._streams = {}
+        seen_rows: dict[tuple[str, str], tuple[pd.Series, np.ndarray]] = {}
         if recent is not None and not recent.empty:
             ts_all = pd.to_datetime(recent["ts"], utc=True)
             for key, idx in recent.groupby([recent["line"].astype(str), recent["station"].astype(str)],
                                            sort=False).indices.items():
                 sub = recent.iloc[idx]
                 flags = sub["is_anomaly"].to_numpy(dtype=bool)
+                seen_rows[key] = (ts_all.iloc[idx], flags)
                 anom = np.flatnonzero(flags)
                 st = _Stream(pos=len(sub), last_ts=ts_all.iloc[idx[-1]])
                 if anom.size:
@@ -210,11 +212,13 @@ class IncidentTracker:
                 self._streams[key] = st
         if open_incidents is None or open_incidents.empty:
             return
-        for rec in open_incidents[open_incidents["status"] == "open"].to_dict("records"):
+        for rec in open_incidents.to_dict("records"):
             key = (str(rec["line"]), str(rec["station"]))
-            st = self._streams.setdefault(key, _Stream())
             start = pd.Timestamp(rec["start_ts"])
             start = start.tz_localize("UTC") if start.tzinfo is None else start
+            if not self._open_after(rec, start, seen_rows.get(key)):
+                continue
+            st = self._streams.setdefault(key, _Stream())
             peak_ts = pd.Timestamp(rec["peak_ts"])
             peak_ts = peak_ts.tz_localize("UTC") if peak_ts.tzinfo is None else peak_ts
             sensors = orjson.loads(rec["sensors"]) if isinstance(rec["sensors"], str) else list(rec["sensors"] or [])
@@ -225,6 +229,29 @@ class IncidentTracker:
             if st.last_anomaly is not None:
                 inc.last_ts = st.recent[-1][2] if st.recent else inc.last_ts
             st.open = inc
+
+
+    def _open_after(self, rec: dict, start: pd.Timestamp,
+                    rows: tuple[pd.Series, np.ndarray] | None) -> bool:
+        """Was this stored incident open right after the ``recent`` rows of its stream?
+
+        The store may already hold what a batch that was written but not committed did (it is being
+        processed again): an incident it opened is left to be opened again (same id), and one it closed
+        was still open before it.
+        """
+        if rows is None:
+            return rec["status"] == "open"
+        ts, flags = rows
+        if start > ts.iloc[-1]:
+            return False  # opened by the readings being processed again
+        if rec["status"] == "open":
+            return True
+        end = pd.Timestamp(rec["end_ts"]) if rec.get("end_ts") is not None and not pd.isna(rec["end_ts"]) else None
+        if end is None:
+            return False
+        end = end.tz_localize("UTC") if end.tzinfo is None else end
+        normal_after = int((~flags[(ts > end).to_numpy()]).sum())
+        return normal_after < self.close_after  # closed only by the readings being processed again
 
 
 def open_mask(flags: np.ndarray, k: int, n: int, close_after: int) -> np.ndarray:

@@ -106,7 +106,8 @@ class WindowState:
                            .sort_values("ts", kind="stable").reset_index(drop=True))
             else:
                 history = None
-            incidents = store.open_incidents(before)
+            since = None if history is None else pd.Timestamp(history["ts"].min()).to_pydatetime()
+            incidents = store.open_incidents(before, closed_since=since)
             self.scorer.warm_up(history, incidents, self.state)
             log.info("rebuilt the window state of %d stream(s) (%d cold) from the store: %d readings, "
                      "%d open incidents", len(before), len(cold), 0 if history is None else len(history),

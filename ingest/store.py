@@ -232,16 +232,23 @@ class Store(ABC):
             params.append(self._time_param(before))
         return wide_readings(self.query(sql + " ORDER BY r.ts, r.station, r.seq", params))
 
-    def open_incidents(self, pairs: Iterable[tuple[str, str]]) -> pd.DataFrame:
-        """Open incidents of the given (line, station) pairs (``incidents`` columns)."""
+    def open_incidents(self, pairs: Iterable[tuple[str, str]], closed_since: datetime | None = None
+                       ) -> pd.DataFrame:
+        """Open incidents of the given (line, station) pairs (``incidents`` columns), and with
+        ``closed_since`` also those closed with ``end_ts`` from then on (a batch being processed again
+        may have closed them: the tracker decides from the readings before it)."""
         pairs = sorted(set(pairs))
         cols = TABLE["incidents"].column_names
         if not pairs:
             return pd.DataFrame(columns=cols)
         m = self._mark
         cond = " OR ".join([f"(line = {m} AND station = {m})"] * len(pairs))
-        rows = self.query(f"SELECT * FROM incidents WHERE status = 'open' AND ({cond}) ORDER BY start_ts",
-                          [v for p in pairs for v in p])
+        params: list[Any] = [v for p in pairs for v in p]
+        status = "status = 'open'"
+        if closed_since is not None:
+            status = f"(status = 'open' OR end_ts >= {m})"
+            params.insert(0, self._time_param(closed_since))
+        rows = self.query(f"SELECT * FROM incidents WHERE {status} AND ({cond}) ORDER BY start_ts", params)
         for c in ("start_ts", "end_ts", "peak_ts", "updated_at"):
             rows[c] = pd.to_datetime(rows[c], utc=True, format="ISO8601")
         rows["sensors"] = rows["sensors"].map(lambda v: orjson.loads(v) if isinstance(v, str) else v)

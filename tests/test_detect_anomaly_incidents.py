@@ -113,6 +113,26 @@ def test_restore_after_restart_continues_the_same_incidents():
         pd.testing.assert_frame_equal(whole, _final([first, second]))
 
 
+def test_restore_ignores_what_an_uncommitted_batch_already_stored():
+    """After a crash the store holds the effects of a batch that is processed again: incidents it
+    opened or closed. Restoring from that store must give the same incidents as no crash at all."""
+    stream = _random_stream(2)
+    whole = _final([IncidentTracker().update(stream)])
+    for cut in range(300, 2400, 97):
+        for batch in (40, 200):
+            tr = IncidentTracker()
+            committed = tr.update(stream.iloc[:cut])
+            uncommitted = tr.update(stream.iloc[cut:cut + batch])  # written to the store, then the crash
+            stored = pd.concat([committed, uncommitted]).drop_duplicates("incident_id", keep="last")
+            restarted = IncidentTracker()
+            restarted.restore(stored, stream.iloc[max(0, cut - 50):cut])
+            again = restarted.update(stream.iloc[cut:])
+            got = _final([committed, again])
+            assert set(got["incident_id"]) == set(whole["incident_id"]), (cut, batch)
+            pd.testing.assert_frame_equal(got[["incident_id", "status", "start_ts", "end_ts"]],
+                                          whole[["incident_id", "status", "start_ts", "end_ts"]])
+
+
 @pytest.mark.parametrize("seed", [3, 4, 5])
 def test_vectorised_count_and_open_mask_match_the_tracker(seed):
     stream = _random_stream(seed)

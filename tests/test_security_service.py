@@ -199,6 +199,8 @@ REVIEWED = {
     ("ingest/store.py", "', '.join(TABLE[table].key)"),
     # one placeholder per value of an IN list (the values are parameters)
     ("ingest/store.py", "', '.join([m] * len(seqs))"),
+    # a fixed status condition with a parameter placeholder
+    ("ingest/store.py", "status"),
 }
 SQL_WORDS = ("SELECT ", "INSERT INTO", "UPDATE ", "DELETE FROM", "CREATE ", "ALTER TABLE", "DROP ", "COPY ",
              "SET search_path", " WHERE ", " FROM ", "ON CONFLICT")  # SQL keywords as we write them: upper case
