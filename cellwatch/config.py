@@ -42,6 +42,9 @@ class Settings(BaseModel):
 
     # Kafka
     kafka: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port")
+    kafka_client: Literal["kafka-python", "confluent"] = Field(
+        "kafka-python", description="Kafka client library: kafka-python, or confluent (confluent-kafka, faster; "
+        "pip install 'cellwatch[confluent]')")
     group_id: str = Field("cellwatch", description="consumer group id; processes with the same id share partitions")
     topic_readings: str = Field(contract.TOPIC_READINGS, description="input topic of readings")
     topic_cell_results: str = Field(contract.TOPIC_CELL_RESULTS, description="input topic of EOL cell results")

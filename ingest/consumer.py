@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from kafka import ConsumerRebalanceListener
 
 from cellwatch.config import Settings
 from cellwatch.errors import CellwatchError
+from cellwatch.ingest.kafka_client import TP, KafkaClientError, make_consumer
 from cellwatch.ingest.kafka_out import OutputError, OutputProducer
 from cellwatch.ingest.metrics import Metrics
 from cellwatch.ingest.models import ModelWatcher
@@ -39,29 +39,6 @@ from cellwatch.ingest.store import Store, StoreUnavailable, open_store
 from cellwatch.logs import redact
 
 log = logging.getLogger(__name__)
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    """ConsumerRebalanceListener: streams of revoked or newly assigned partitions become cold."""
-
-    def __init__(self, service: StreamService) -> None:
-        self.service = service
-
-    def on_partitions_revoked(self, revoked) -> None:
-        if revoked:
-            log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
-        self.service.window.forget(tp.partition for tp in revoked if tp.topic == self.service.settings.topic_readings)
-        for tp in revoked:
-            self.service.owned.discard(tp)
-
-    def on_partitions_assigned(self, assigned) -> None:
-        if assigned:
-            log.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
-        self.service.window.forget(tp.partition for tp in assigned
-                                   if tp.topic == self.service.settings.topic_readings)
-        self.service.owned.update(assigned)
-        if self.service.paused:
-            self.service.consumer.pause(*assigned)
 
 
 class StreamService:
@@ -77,7 +54,7 @@ class StreamService:
         self.consumer: Any = None
         self.producer: OutputProducer | None = None
         self.window: WindowState | None = None
-        self.owned: set = set()
+        self.owned: set[TP] = set()
         self.paused = False
         self.pending: dict[str, pd.DataFrame] = {}  # rows that ride with the next write (stats, model rows)
         self.totals: dict[str, int] = defaultdict(int)
@@ -121,20 +98,19 @@ class StreamService:
             self._stop.wait(seconds)
             return
         self.paused = True
-        self.consumer.pause(*self.consumer.assignment())
+        self.consumer.pause(self.consumer.assignment())
         end = time.monotonic() + seconds
         while not self._stop.is_set() and time.monotonic() < end:
-            got = self.consumer.poll(timeout_ms=int(min(500, max(1, (end - time.monotonic()) * 1000))))
-            if any(got.values()):  # cannot happen while paused; never drop records silently
+            wait = min(0.5, max(0.001, end - time.monotonic()))
+            got = self.consumer.poll_batch(self.settings.batch_max_records, wait)
+            if got:  # cannot happen while paused; never drop records silently
                 raise RuntimeError("records received while paused")
-        self.consumer.resume(*self.consumer.assignment())
+        self.consumer.resume(self.consumer.assignment())
         self.paused = False
 
     def start(self) -> None:
-        from kafka import KafkaConsumer
-
         s = self.settings
-        log.info("starting: kafka=%s group=%s store=%s models=%s", s.kafka, s.group_id,
+        log.info("starting: kafka=%s (%s) group=%s store=%s models=%s", s.kafka, s.kafka_client, s.group_id,
                  redact(s.database_url), s.models_dir)
         self._retry_store("schema migration", self.store.migrate)
         scorer = self.watcher.load_initial()
@@ -143,20 +119,27 @@ class StreamService:
         self.pending.update(self.watcher.version_rows())
         self.metrics.serve(s.metrics_port)
         self._start_annotations()
-        try:
-            self.producer = OutputProducer(s)
-            self.consumer = KafkaConsumer(
-                bootstrap_servers=s.bootstrap_servers(), group_id=s.group_id, enable_auto_commit=False,
-                auto_offset_reset=s.auto_offset_reset, max_poll_records=s.batch_max_records,
-                max_poll_interval_ms=s.max_poll_interval_ms, session_timeout_ms=s.session_timeout_ms,
-                heartbeat_interval_ms=s.heartbeat_interval_ms, client_id=f"cellwatch-{s.worker_id}",
-                **s.kafka_security())
-        except Exception as exc:
-            from kafka.errors import KafkaError
-            if isinstance(exc, KafkaError):
-                raise CellwatchError(f"Kafka at {s.kafka} unreachable: {exc}") from None
-            raise
-        self.consumer.subscribe([s.topic_readings, s.topic_cell_results], listener=_Rebalance(self))
+        self.producer = OutputProducer(s)
+        self.consumer = make_consumer(s)
+        self.consumer.subscribe([s.topic_readings, s.topic_cell_results], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke)
+
+    # ----------------------------------------------------------------------------------------- rebalances
+    def _on_revoke(self, revoked: list[TP]) -> None:
+        """Streams of revoked partitions become cold (rebuilt lazily from the store if they come back)."""
+        if revoked:
+            log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+        self.window.forget(tp.partition for tp in revoked if tp.topic == self.settings.topic_readings)
+        self.owned.difference_update(revoked)
+
+    def _on_assign(self, assigned: list[TP]) -> None:
+        """Streams of newly assigned partitions are cold: the next batch holding them rebuilds the state."""
+        if assigned:
+            log.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        self.window.forget(tp.partition for tp in assigned if tp.topic == self.settings.topic_readings)
+        self.owned.update(assigned)
+        if self.paused:
+            self.consumer.pause(assigned)
 
     def _start_annotations(self) -> None:
         """Incident annotations in Grafana when a token is configured (never blocks scoring)."""
@@ -228,9 +211,7 @@ class StreamService:
             left = end - time.monotonic()
             if left <= 0:
                 break
-            got = self.consumer.poll(timeout_ms=max(1, int(left * 1000)), max_records=s.batch_max_records - len(out))
-            for records in got.values():
-                out.extend(Message(r.topic, r.partition, r.offset, r.value, r.key, r.timestamp) for r in records)
+            out.extend(self.consumer.poll_batch(s.batch_max_records - len(out), left))
             if len(out) >= s.batch_max_records:
                 break
         return out
@@ -274,15 +255,11 @@ class StreamService:
         self.pending = {}
 
     def _commit(self, messages: list[Message]) -> None:
-        from kafka import TopicPartition
-        from kafka.errors import CommitFailedError, KafkaError
-        from kafka.structs import OffsetAndMetadata
-
-        last: dict[TopicPartition, int] = {}
+        last: dict[TP, int] = {}
         for m in messages:
-            tp = TopicPartition(m.topic, m.partition)
+            tp = TP(m.topic, m.partition)
             last[tp] = max(last.get(tp, -1), m.offset)
-        offsets = {tp: OffsetAndMetadata(o + 1, "", -1) for tp, o in last.items() if tp in self.owned}
+        offsets = {tp: o + 1 for tp, o in last.items() if tp in self.owned}
         lost = len(last) - len(offsets)
         if lost:
             log.warning("%d partition(s) of the batch were reassigned meanwhile; their new owner replays them "
@@ -291,7 +268,7 @@ class StreamService:
             return
         try:
             self.consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
+        except KafkaClientError as exc:
             log.warning("offset commit failed (the batch is stored; it will be replayed idempotently): %s", exc)
 
     def _account(self, out: BatchOutput, messages: list[Message], t0: float, done: float) -> None:
@@ -324,15 +301,7 @@ class StreamService:
 
     def _update_lag(self) -> int:
         worst = 0
-        for tp in list(self.owned):
-            try:
-                hw = self.consumer.highwater(tp)
-                pos = self.consumer.position(tp, timeout_ms=100) if hw is not None else None
-            except Exception:
-                continue
-            if hw is None or pos is None:
-                continue
-            lag = max(0, hw - pos)
+        for tp, lag in self.consumer.lag(list(self.owned)).items():
             self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
             worst = max(worst, lag)
         return worst

@@ -1,4 +1,4 @@
-"""Output topics and the dead-letter queue, through one idempotent kafka-python producer.
+"""Output topics and the dead-letter queue, through one idempotent producer (kafka-python or confluent-kafka).
 
 * ``cellwatch.scores`` (key ``line/station``), ``cellwatch.incidents`` (key ``incident_id``) and
   ``cellwatch.predictions`` (key ``cell_id``): one JSON object per row, the store's columns.
@@ -6,20 +6,20 @@
   ``cellwatch.source_topic``, ``cellwatch.source_partition``, ``cellwatch.source_offset``,
   ``cellwatch.reason`` (a :class:`cellwatch.contract.Reason` value) and ``cellwatch.detail`` (UTF-8).
 
-The producer runs with ``acks=all`` and ``enable_idempotence=True`` (kafka-python 3 supports it), so a
-retried send is not duplicated; :meth:`OutputProducer.flush` returns only when every message of the
-batch is acknowledged, and raises if one failed (then the batch's offsets are not committed).
+The producer (:func:`cellwatch.ingest.kafka_client.make_producer`, the ``kafka_client`` setting) runs with
+``acks=all`` and idempotence on, so a retried send is not duplicated; :meth:`OutputProducer.flush` returns only
+when every message of the batch is acknowledged, and raises if one failed (then the batch's offsets are not committed).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 import pandas as pd
 
 from cellwatch.config import Settings
+from cellwatch.ingest.kafka_client import DeliveryError, make_producer
 from cellwatch.ingest.pipeline import BatchOutput, json_messages
 
 log = logging.getLogger(__name__)
@@ -28,30 +28,26 @@ DLQ_HEADERS = ("cellwatch.source_topic", "cellwatch.source_partition", "cellwatc
                "cellwatch.reason", "cellwatch.detail")
 
 
-class OutputError(RuntimeError):
-    """A message could not be delivered to an output topic."""
+OutputError = DeliveryError  # a message could not be delivered to an output topic
 
 
 class OutputProducer:
     """Publishes a batch's results and dead letters; ``flush`` waits for every acknowledgement."""
 
     def __init__(self, settings: Settings, publish_results: bool | None = None) -> None:
-        from kafka import KafkaProducer
-
         self.settings = settings
         self.publish_results = settings.publish_outputs if publish_results is None else publish_results
-        self.producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers(), acks="all", enable_idempotence=True,
-            linger_ms=20, compression_type=None, max_in_flight_requests_per_connection=5,
-            client_id=f"cellwatch-out-{settings.worker_id}", **settings.kafka_security())
-        self._futures: list[Any] = []
+        self.producer = make_producer(settings)
 
     def _send(self, topic: str, values: Iterable[bytes], keys: Iterable[bytes | None],
               headers: Iterable[list[tuple[str, bytes]] | None] | None = None) -> None:
-        headers = headers if headers is not None else iter(lambda: None, 0)
         send = self.producer.send
-        for v, k, h in zip(values, keys, headers, strict=False):
-            self._futures.append(send(topic, value=v, key=k, headers=h))
+        if headers is None:
+            for v, k in zip(values, keys, strict=True):
+                send(topic, v, k)
+            return
+        for v, k, h in zip(values, keys, headers, strict=True):
+            send(topic, v, k, h)
 
     def publish(self, out: BatchOutput, dead_keys: list[bytes | None]) -> None:
         """Queue the batch's messages (call :meth:`flush` before committing offsets)."""
@@ -81,22 +77,14 @@ class OutputProducer:
 
     def flush(self, timeout_s: float = 60.0) -> int:
         """Wait until every queued message is acknowledged; raises :class:`OutputError` if one failed."""
-        futures, self._futures = self._futures, []
-        if not futures:
-            return 0
-        self.producer.flush(timeout=timeout_s)
-        failed = [f for f in futures if not f.succeeded()]
-        if failed:
-            exc = failed[0].exception if failed[0].is_done else "not acknowledged in time"
-            raise OutputError(f"{len(failed)} of {len(futures)} output message(s) not delivered: {exc}")
-        return len(futures)
+        return self.producer.flush(timeout_s)
 
     def discard(self) -> None:
-        """Forget queued futures after a failed batch (the batch will be redone)."""
-        self._futures.clear()
+        """Forget queued messages' outcomes after a failed batch (the batch will be redone)."""
+        self.producer.discard()
 
     def close(self) -> None:
-        self.producer.close(timeout=10)
+        self.producer.close()
 
 
 def dlq_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:

@@ -28,6 +28,8 @@ from cellwatch.ingest.demo import stream_messages
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
+#: the Kafka clients of ``cellwatch run`` (--kafka-client); the delivery tests run with each
+CLIENTS = ("kafka-python", "confluent")
 SIM_SEED = 24          # 1.5 h, one line: contaminated batch (mixing), stuck sensor + mean shift (filling)
 SIM_HOURS = 1.5
 
@@ -130,8 +132,14 @@ def frame(url: str, schema: str, sql: str) -> pd.DataFrame:
 
 
 @pytest.fixture
-def run_env(kafka_bootstrap, kafka_topic, database_url, pg_schema, models_dir, tmp_path):
-    """Topics, group, schema and the flags every service of one test shares."""
+def kafka_client() -> str:
+    """The service's Kafka client; tests parametrised over :data:`CLIENTS` override it."""
+    return "kafka-python"
+
+
+@pytest.fixture
+def run_env(kafka_bootstrap, kafka_topic, database_url, pg_schema, models_dir, tmp_path, kafka_client):
+    """Topics, group, schema and the flags every service of one test shares (kafka-python: the default, no flag)."""
     topics = {"readings": kafka_topic(4, "readings"), "cells": kafka_topic(2, "cells"), "dlq": kafka_topic(1, "dlq"),
               "scores": kafka_topic(1, "scores"), "incidents": kafka_topic(1, "incidents"),
               "predictions": kafka_topic(1, "predictions")}
@@ -141,6 +149,8 @@ def run_env(kafka_bootstrap, kafka_topic, database_url, pg_schema, models_dir, t
             "--models-dir", str(models_dir), "--batch-max-records", "1000", "--batch-max-ms", "300",
             "--metrics-port", "0", "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "1000",
             "--db-retry-initial-s", "0.5", "--db-retry-max-s", "2"]
+    if kafka_client != "kafka-python":
+        args += ["--kafka-client", kafka_client]
     env = {"CELLWATCH_KAFKA": kafka_bootstrap, "CELLWATCH_DATABASE_URL": database_url,
            "CELLWATCH_GROUP_ID": f"e2e-{uuid.uuid4().hex[:8]}", "CELLWATCH_LOG_LEVEL": "INFO"}
     started: list[Service] = []
@@ -176,6 +186,7 @@ def _assert_scores_equal_reference(url: str, schema: str, reference: pd.DataFram
 
 # ------------------------------------------------------------------------------------------- tests
 
+@pytest.mark.parametrize("kafka_client", CLIENTS)
 def test_every_reading_scored_once_faults_become_incidents_bad_messages_dead_lettered(run_env, sim, reference):
     e = run_env
     msgs = stream_messages(sim.readings, sim.cell_results())
@@ -245,7 +256,8 @@ def test_every_reading_scored_once_faults_become_incidents_bad_messages_dead_let
     assert missed.empty, f"faults without an incident:\n{missed}"
 
 
-def test_sigkill_mid_run_loses_nothing_duplicates_nothing(run_env, sim, reference):
+@pytest.mark.parametrize("kafka_client", CLIENTS)
+def test_sigkill_mid_run_loses_nothing_duplicates_nothing(run_env, sim, reference, kafka_client):
     e = run_env
     msgs = stream_messages(sim.readings, sim.cell_results())
     produce(e["bootstrap"], e["topics"]["readings"], e["topics"]["cells"], msgs)
@@ -264,6 +276,7 @@ def test_sigkill_mid_run_loses_nothing_duplicates_nothing(run_env, sim, referenc
     recovery = time.monotonic() - t0
     wait_until(lambda: count(e["url"], e["schema"], "SELECT count(*) FROM scores") >= n, 240, "every reading", [svc2])
     svc2.kill(signal.SIGTERM)
+    assert f"({kafka_client})" in svc2.text()  # the client asked for is the one that ran
     print(f"restart: first new batch committed {recovery:.1f} s after the process started")
     assert "rebuilt the window state" in svc2.text()
     _assert_exactly_once(e["url"], e["schema"], n)
@@ -281,6 +294,7 @@ def test_sigkill_mid_run_loses_nothing_duplicates_nothing(run_env, sim, referenc
     assert set(got) == ids
 
 
+@pytest.mark.parametrize("kafka_client", CLIENTS)
 def test_two_consumers_share_partitions_and_take_over(run_env, sim):
     e = run_env
     a = e["spawn"]("a", ["--worker-id", "worker-a"])
@@ -337,6 +351,7 @@ def private_postgres(tmp_path):
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.parametrize("kafka_client", CLIENTS)
 def test_postgres_outage_pauses_then_resumes_without_loss(run_env, sim, private_postgres):
     e = run_env
     url = private_postgres["url"]
