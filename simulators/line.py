@@ -136,6 +136,106 @@ def _tags(keys: tuple[str, ...], *columns: np.ndarray) -> Coded:
     return Coded(inverse.astype(np.int64).ravel(), strings)
 
 
+#: EOL defect types in the order the decision checks them (the first that holds names the defect).
+DEFECT_TYPES = ("high_self_discharge", "lithium_plating", "low_capacity", "high_dcir", "other")
+#: Monte-Carlo draws per cell of :func:`defect_probability`.
+ORACLE_DRAWS = 256
+#: EOL criteria a cell's own readings already measure at a station: formation measures the capacity (the
+#: formation capacity tracks the EOL capacity within 0.3 %), aging the self-discharge (K-value).
+ORACLE_KNOWS = {"formation": ("low_capacity",), "aging": ("low_capacity", "high_self_discharge")}
+
+
+def event_draws(rng: np.random.Generator, shape: int | tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Per-cell random draws of the hidden events and of the cell's intrinsic spread, in stream order."""
+    d = {k: rng.random(shape) for k in ("u_plating", "u_short", "u_other", "u_size")}
+    for k, sd in (("cap", 0.009), ("ce", 0.35), ("dcir", 0.035), ("k", 0.25), ("days", 1.5)):
+        d[k] = rng.normal(0, sd, shape)
+    return d
+
+
+def measurement_draws(rng: np.random.Generator, shape: int | tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Per-cell random draws of the aging OCVs, the EOL measurements and the formation capacity, in stream order."""
+    return {k: rng.normal(0, sd, shape) for k, sd in (("ocv_start", 0.0015), ("ocv_end", 0.0002), ("eol_cap", 0.002),
+                                                      ("dcir_meas", 0.01), ("form_cap", 0.002))}
+
+
+def cell_outcomes(lat: dict[str, np.ndarray], d: dict[str, np.ndarray]) -> dict:
+    """Hidden events, formation..EOL values and the EOL defect conditions of cells.
+
+    ``lat``: the cell's latent state (material, winding, filling, formation and aging-room values; see
+    ``LineModel.run``); ``d``: the draws of :func:`event_draws` and :func:`measurement_draws` (any shape that
+    broadcasts against ``lat``). ``conditions`` holds one boolean array per :data:`DEFECT_TYPES`.
+    """
+    plating_logit = (-5.3 + 2.0 * np.clip((0.7 - lat["overhang"]) / 0.1, 0, None)
+                     + 150 * np.clip(lat["np_excess"] - 0.01, 0, None) + 0.35 * np.clip(22 - lat["form_t"], 0, None)
+                     + 10 * lat["underfill"])
+    short_logit = -5.2 + 0.45 * np.clip(lat["burr"] - 5, 0, None) + 4.3 * lat["contaminated"] \
+        + 1.0 * np.clip((lat["misalign"] - 0.4) / 0.1, 0, None)
+    other_logit = -5.8 + 0.3 * np.clip(-lat["weld_dev"] * 100 - 5, 0, None)
+    plating = d["u_plating"] < 1 / (1 + np.exp(-plating_logit))
+    short = d["u_short"] < 1 / (1 + np.exp(-short_logit))
+    other = d["u_other"] < 1 / (1 + np.exp(-other_logit))
+    underfill, moisture, form_t = lat["underfill"], lat["moisture"], lat["form_t"]
+    # capacity: cathode loading, underfill, moisture, plating, excess overhang, formation temperature
+    cap_rel = (0.95 * lat["cw_rel"] - 0.6 * underfill - 0.012 * moisture - plating * (0.02 + 0.04 * d["u_size"])
+               - 0.01 * np.clip(lat["overhang"] - 1.5, 0, None) - 0.002 * np.clip(form_t - 25, 0, None)
+               + d["cap"])
+    capacity = lat["cap_nom"] * (1 + cap_rel)
+    ce = lat["first_ce"] - 2.5 * moisture - 0.12 * np.clip(form_t - 25, 0, None) - 20 * underfill + d["ce"]
+    dcir_rel = (1.8 * lat["dens"] + 0.6 * lat["binder"] + 0.02 * np.clip(lat["tension_cv"] - 3, 0, None)
+                + 0.8 * underfill + 0.6 * np.clip(-lat["weld_dev"], 0, None) + 0.03 * moisture + 0.05 * plating
+                + d["dcir"])
+    dcir = lat["dcir_nom"] * (1 + dcir_rel)
+    k_true = (lat["k_nom"] * np.exp(d["k"]) + 0.06 * np.clip(lat["burr"] - 4, 0, None)
+              + 0.6 * moisture + short * (4 + 21 * d["u_size"]) + plating * 0.4)
+    days = (168 + d["days"]) / 24
+    ocv_start = lat["ocv_aging"] + 0.01 * cap_rel + d["ocv_start"]
+    ocv_end = ocv_start - k_true * days / 1000 + lat["ocv_temp_coef"] * (lat["room"] - 23) / 1000 + d["ocv_end"]
+    k_meas = (ocv_start - ocv_end) * 1000 / days
+    eol_cap = capacity * (1 + d["eol_cap"])
+    dcir_meas = dcir * (1 + d["dcir_meas"])
+    form_cap = capacity * 1.012 * (1 + d["form_cap"])
+    cap_frac = eol_cap / lat["cap_nom"]
+    dcir_frac = dcir_meas / lat["dcir_nom"]
+    conditions = [k_meas > MAX_K_MV_DAY, plating, cap_frac < MIN_CAPACITY_FRACTION, dcir_frac > MAX_DCIR_FRACTION,
+                  other]
+    return {"plating": plating, "short": short, "other": other, "cap_rel": cap_rel, "ce": ce, "dcir": dcir,
+            "days": days, "ocv_start": ocv_start, "ocv_end": ocv_end, "k_meas": k_meas, "eol_cap": eol_cap,
+            "dcir_meas": dcir_meas, "form_cap": form_cap, "cap_frac": cap_frac, "dcir_frac": dcir_frac,
+            "conditions": conditions}
+
+
+def defect_probability(lat: dict[str, np.ndarray], rng: np.random.Generator,
+                       realized: list[np.ndarray] | None = None, draws: int = ORACLE_DRAWS,
+                       chunk: int = 2048) -> dict[str, np.ndarray]:
+    """The simulator's own probability of an EOL defect per cell (an oracle), per knowledge level.
+
+    Monte Carlo over the per-cell random draws (:func:`event_draws`, :func:`measurement_draws`) through
+    :func:`cell_outcomes`, the same code that decides the cells' labels; ``rng`` is an own stream so the data
+    do not change. Keys: ``latent`` = P(defect | latent state); for each stage of :data:`ORACLE_KNOWS` (needs
+    ``realized``, the cells' actual ``conditions``) the probability when the EOL criteria measurable by then are
+    known as well: 1 where one of them failed, else P(defect | latent state, those criteria passed).
+    A benchmark ceiling for the defect model, never a feature.
+    """
+    n = len(lat["overhang"])
+    stages = ORACLE_KNOWS if realized is not None else {}
+    out = {k: np.empty(n) for k in ("latent", *stages)}
+    for a in range(0, n, chunk):
+        sub = {k: np.asarray(v)[a:a + chunk] for k, v in lat.items()}
+        shape = (draws, len(sub["overhang"]))
+        cond = cell_outcomes(sub, event_draws(rng, shape) | measurement_draws(rng, shape))["conditions"]
+        defect = np.logical_or.reduce(cond)
+        out["latent"][a:a + chunk] = defect.mean(axis=0)
+        for stage, types in stages.items():
+            idx = [DEFECT_TYPES.index(t) for t in types]
+            passed = ~np.logical_or.reduce([cond[i] for i in idx])
+            failed = np.logical_or.reduce([realized[i][a:a + chunk] for i in idx])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                p = (defect & passed).sum(axis=0) / passed.sum(axis=0)
+            out[stage][a:a + chunk] = np.where(failed, 1.0, np.nan_to_num(p, nan=1.0))
+    return out
+
+
 class LineModel:
     """Generates one line's readings, cells and normal events for ``hours`` of wall-clock time."""
 
@@ -403,42 +503,24 @@ class LineModel:
         form_t = 25 + temp_ch[chan] + ar1(rng, n_cells, 0.3, 500) + 0.2 * (contact_ch[chan] - 1.5) \
             + process_offset(faults, "formation_temp_c", wall_fo)
         # hidden events drawn from logistic risks (uniforms drawn first so faults do not change the stream)
-        u_plating, u_short, u_other, u_size = (rng.random(n_cells) for _ in range(4))
-        np_excess = cw_rel[i_c] - anode_dev
-        plating_logit = (-5.3 + 2.0 * np.clip((0.7 - overhang) / 0.1, 0, None)
-                         + 150 * np.clip(np_excess - 0.01, 0, None) + 0.35 * np.clip(22 - form_t, 0, None)
-                         + 10 * underfill)
-        short_logit = -5.2 + 0.45 * np.clip(burr_c - 5, 0, None) + 4.3 * contaminated \
-            + 1.0 * np.clip((misalign - 0.4) / 0.1, 0, None)
-        other_logit = -5.8 + 0.3 * np.clip(-weld_dev * 100 - 5, 0, None)
-        plating = u_plating < 1 / (1 + np.exp(-plating_logit))
-        short = u_short < 1 / (1 + np.exp(-short_logit))
-        other = u_other < 1 / (1 + np.exp(-other_logit))
-        # capacity: cathode loading, underfill, moisture, plating, excess overhang, formation temperature
-        cap_rel = (0.95 * cw_rel[i_c] - 0.6 * underfill - 0.012 * moisture - plating * (0.02 + 0.04 * u_size)
-                   - 0.01 * np.clip(overhang - 1.5, 0, None) - 0.002 * np.clip(form_t - 25, 0, None)
-                   + rng.normal(0, 0.009, n_cells))
-        capacity = cap_nom * (1 + cap_rel)
-        ce = R("first_ce_pct", r_c) - 2.5 * moisture - 0.12 * np.clip(form_t - 25, 0, None) \
-            - 20 * underfill + rng.normal(0, 0.35, n_cells)
-        dens_c = dens_rel[i_c]
-        dcir_rel = (1.8 * dens_c + 0.6 * binder[i_c] + 0.02 * np.clip(tension_cv - 3, 0, None) + 0.8 * underfill
-                    + 0.6 * np.clip(-weld_dev, 0, None) + 0.03 * moisture + 0.05 * plating
-                    + rng.normal(0, 0.035, n_cells))
-        dcir = R("dcir_mohm", r_c) * (1 + dcir_rel)
-        k_true = (R("k_mv_day", r_c) * np.exp(rng.normal(0, 0.25, n_cells)) + 0.06 * np.clip(burr_c - 4, 0, None)
-                  + 0.6 * moisture + short * (4 + 21 * u_size) + plating * 0.4)
-        # aging: room temperature moves the final OCV (normal variation in K)
-        days = (168 + rng.normal(0, 1.5, n_cells)) / 24
+        draws = event_draws(rng, n_cells)
         abs_h = (self.day_offset_s + wall_a) / 3600
+        # aging: room temperature moves the final OCV (normal variation in K)
         room = 23 + 1.2 * np.sin(2 * np.pi * (abs_h - 9) / 24) + ar1(rng, n_cells, 0.3, 400)
-        ocv_start = R("ocv_aging_v", r_c) + 0.01 * cap_rel + rng.normal(0, 0.0015, n_cells)
-        ocv_end = ocv_start - k_true * days / 1000 + R("ocv_temp_coef_mv_k", r_c) * (room - 23) / 1000 \
-            + rng.normal(0, 0.0002, n_cells)
-        k_meas = (ocv_start - ocv_end) * 1000 / days
-        eol_cap = capacity * (1 + rng.normal(0, 0.002, n_cells))
-        dcir_meas = dcir * (1 + rng.normal(0, 0.01, n_cells))
-        form_cap = capacity * 1.012 * (1 + rng.normal(0, 0.002, n_cells))
+        draws |= measurement_draws(rng, n_cells)
+        latent = {
+            "overhang": overhang, "np_excess": cw_rel[i_c] - anode_dev, "form_t": form_t, "underfill": underfill,
+            "burr": burr_c, "contaminated": contaminated, "misalign": misalign, "weld_dev": weld_dev,
+            "cw_rel": cw_rel[i_c], "moisture": moisture, "dens": dens_rel[i_c], "binder": binder[i_c],
+            "tension_cv": tension_cv, "room": room, "cap_nom": cap_nom, "dcir_nom": R("dcir_mohm", r_c),
+            "k_nom": R("k_mv_day", r_c), "first_ce": R("first_ce_pct", r_c), "ocv_aging": R("ocv_aging_v", r_c),
+            "ocv_temp_coef": R("ocv_temp_coef_mv_k", r_c)}
+        out = cell_outcomes(latent, draws)
+        short, u_size = out["short"], draws["u_size"]
+        ce, dcir, days = out["ce"], out["dcir"], out["days"]
+        ocv_start, ocv_end, k_meas = out["ocv_start"], out["ocv_end"], out["k_meas"]
+        eol_cap, dcir_meas, form_cap = out["eol_cap"], out["dcir_meas"], out["form_cap"]
+        oracle = defect_probability(latent, np.random.default_rng([self.seed, self.index, 5]), out["conditions"])
 
         ins = 8000 * np.exp(rng.normal(0, 0.3, n_cells)) / (1 + 0.5 * np.clip(burr_c - 4, 0, None)) \
             / (1 + 3 * short * u_size)
@@ -483,11 +565,8 @@ class LineModel:
             },
         }
         # defect decided like in a plant: thresholds on the measured EOL values plus hidden causes
-        cap_frac = eol_cap / cap_nom
-        dcir_frac = dcir_meas / R("dcir_mohm", r_c)
-        conds = [k_meas > MAX_K_MV_DAY, plating, cap_frac < MIN_CAPACITY_FRACTION, dcir_frac > MAX_DCIR_FRACTION, other]
-        names = ["high_self_discharge", "lithium_plating", "low_capacity", "high_dcir", "other"]
-        defect_type = np.select(conds, names, default="")
+        cap_frac, dcir_frac = out["cap_frac"], out["dcir_frac"]
+        defect_type = np.select(out["conditions"], DEFECT_TYPES, default="")
         defect = defect_type != ""
         grade = np.where(defect, "C", np.where((cap_frac >= GRADE_A_CAPACITY) & (dcir_frac <= GRADE_A_DCIR)
                                                & (k_meas <= GRADE_A_K), "A", "B"))
@@ -541,6 +620,8 @@ class LineModel:
             "aging_wall": wall_a, "eol_wall": wall_e,
             "capacity_ah": eol_cap, "dcir_mohm": dcir_meas, "k_value_mv_day": k_meas,
             "grade": grade, "defect": defect, "defect_type": np.where(defect, defect_type, None).astype(object),
+            "defect_probability": oracle["latent"],
+            "defect_probability_formation": oracle["formation"], "defect_probability_aging": oracle["aging"],
             "_batch_index": batch[i_c],
         })[done]
         return LineOutput(rows, cells.reset_index(drop=True), ev)
