@@ -620,8 +620,9 @@ class LineModel:
             "aging_wall": wall_a, "eol_wall": wall_e,
             "capacity_ah": eol_cap, "dcir_mohm": dcir_meas, "k_value_mv_day": k_meas,
             "grade": grade, "defect": defect, "defect_type": np.where(defect, defect_type, None).astype(object),
-            "defect_probability": oracle["latent"],
-            "defect_probability_formation": oracle["formation"], "defect_probability_aging": oracle["aging"],
+            "oracle_defect_probability": oracle["latent"],
+            "oracle_defect_probability_formation": oracle["formation"],
+            "oracle_defect_probability_aging": oracle["aging"],
             "_batch_index": batch[i_c],
         })[done]
         return LineOutput(rows, cells.reset_index(drop=True), ev)

@@ -1,4 +1,4 @@
-"""The simulator's defect oracle (``defect_probability*`` columns of cells.parquet): the labels' own probability."""
+"""The simulator's defect oracle (``oracle_defect_probability*`` columns of cells.parquet)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from sklearn.metrics import roc_auc_score
 from cellwatch.simulators.line import DEFECT_TYPES, cell_outcomes, event_draws, measurement_draws
 from cellwatch.simulators.simulate import simulate
 
-ORACLES = ("defect_probability", "defect_probability_formation", "defect_probability_aging")
+ORACLES = ("oracle_defect_probability", "oracle_defect_probability_formation", "oracle_defect_probability_aging")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_oracle_columns_are_probabilities_that_rank_and_match_the_label_rate(cel
     auc = [roc_auc_score(y, cells[n]) for n in ORACLES]
     assert auc[0] < auc[1] < auc[2]
     low_cap = cells["defect_type"].eq("low_capacity").to_numpy()
-    assert (cells.loc[low_cap, "defect_probability_formation"] == 1.0).all()
+    assert (cells.loc[low_cap, "oracle_defect_probability_formation"] == 1.0).all()
 
 
 def test_cell_outcomes_broadcast_draws_and_report_every_defect_type():
