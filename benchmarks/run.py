@@ -224,33 +224,61 @@ def _prepare_topic(n: int, partitions: int = 4, seed: int = 11) -> tuple[str, st
     return tr, tc, rid, len(readings), len(cells)
 
 
+def _clients(args) -> list[str]:
+    """The service's Kafka clients to measure (``--clients``); confluent only when installed."""
+    out = [c.strip() for c in args.clients.split(",") if c.strip()]
+    bad = set(out) - {"kafka-python", "confluent"}
+    if bad:
+        raise SystemExit(f"--clients: unknown client(s) {', '.join(sorted(bad))}")
+    if "confluent" in out and not C.confluent_available():
+        print("confluent-kafka not installed: measuring kafka-python only", flush=True)
+        out.remove("confluent")
+    return out
+
+
+def _client_flag(client: str) -> list[str]:
+    return ["--kafka-client", client]
+
+
 def bench_b2(args, rep: C.Report, keep_topic: bool = False) -> dict:
+    """(a) bare consumers of both clients, (b) ``cellwatch run`` with each client; ratios b/a per client."""
     n = 30_000 if args.quick else args.readings
     models = C.models_dir(args.models)
+    clients = _clients(args)
     tr, tc, rid, nr, nc = _prepare_topic(n)
-    out = {"topic": (tr, tc, rid, nr, nc)}
+    out = {"topic": (tr, tc, rid, nr, nc), "service": {}}
     try:
-        bare = _bare_kafka_python([tr, tc], nr + nc)
-        bare_rate, bare_cpu = bare["messages"] / bare["wall_s"], bare["messages"] / bare["cpu_s"]
-        conf = _bare_confluent([tr, tc], nr + nc) if C.confluent_available() else None
-        svc = _service_run(models, tr, tc, rid, nr, 1, args.timeout)
-        out["service"] = svc
-        svc_rate = svc["first_to_last_rate"]
-        ratio = svc_rate / bare_rate
-        rep.add("B2", f"(a) bare kafka-python poll + orjson.loads, {nr + nc:,} messages", bare_rate, "msg/s")
-        rep.add("B2", "(a) bare kafka-python, per CPU second", bare_cpu, "msg/CPU-s")
-        if conf:
-            rep.add("B2", "(ref) bare confluent-kafka consume + orjson.loads", conf["messages"] / conf["wall_s"],
-                    "msg/s")
-            rep.add("B2", "(ref) confluent-kafka / kafka-python", round(conf["wall_s"] and
-                    (conf["messages"] / conf["wall_s"]) / bare_rate, 1), "x")
-        rep.add("B2", "(b) cellwatch run, all sinks (first -> last batch)", svc_rate, "readings/s")
-        rep.add("B2", "(b) cellwatch run, steady 10 %-90 %", svc["steady_rate"], "readings/s")
-        rep.add("B2", "(b) cellwatch run, per CPU second of the service", svc["cpu_rate"], "readings/CPU-s")
-        rep.add("B2", "ratio b/a (wall)", round(ratio, 3), "", ">= 0.8", ratio >= 0.8)
-        rep.add("B2", "ratio b/a (per CPU second)", round(svc["cpu_rate"] / bare_cpu, 3), "")
-        rep.details["B2"] = {"readings": nr, "cell_results": nc, "bare_kafka_python": bare, "confluent": conf,
-                             "service": svc}
+        bare = {"kafka-python": _bare_kafka_python([tr, tc], nr + nc)}
+        if C.confluent_available():
+            bare["confluent"] = _bare_confluent([tr, tc], nr + nc)
+        rate = {c: b["messages"] / b["wall_s"] for c, b in bare.items()}
+        cpu = {c: b["messages"] / b["cpu_s"] for c, b in bare.items()}
+        rep.add("B2", f"(a) bare kafka-python poll + orjson.loads, {nr + nc:,} messages", rate["kafka-python"],
+                "msg/s")
+        rep.add("B2", "(a) bare kafka-python, per CPU second", cpu["kafka-python"], "msg/CPU-s")
+        if "confluent" in bare:
+            rep.add("B2", "(a') bare confluent-kafka consume + orjson.loads", rate["confluent"], "msg/s")
+            rep.add("B2", "(a') bare confluent-kafka, per CPU second", cpu["confluent"], "msg/CPU-s")
+            rep.add("B2", "bare confluent-kafka / bare kafka-python", round(rate["confluent"] / rate["kafka-python"],
+                                                                            1), "x")
+        for client in clients:
+            load = C.load_average()
+            svc = _service_run(models, tr, tc, rid, nr, 1, args.timeout, extra=_client_flag(client))
+            out["service"][client] = svc
+            svc_rate = svc["first_to_last_rate"]
+            tag = f"(b) cellwatch run --kafka-client {client}"
+            rep.add("B2", f"{tag}, all sinks (first -> last batch), load {load:.1f}", svc_rate, "readings/s")
+            rep.add("B2", f"{tag}, steady 10 %-90 %", svc["steady_rate"], "readings/s")
+            rep.add("B2", f"{tag}, per CPU second of the service", svc["cpu_rate"], "readings/CPU-s")
+            ratio = svc_rate / rate["kafka-python"]
+            rep.add("B2", f"ratio b/a: {client} service / bare kafka-python (wall)", round(ratio, 3), "", ">= 0.8",
+                    ratio >= 0.8)
+            if client in rate:
+                rep.add("B2", f"ratio b/a: {client} service / bare {client} (wall)",
+                        round(svc_rate / rate[client], 3), "")
+                rep.add("B2", f"ratio b/a: {client} service / bare {client} (per CPU second)",
+                        round(svc["cpu_rate"] / cpu[client], 3), "")
+        rep.details["B2"] = {"readings": nr, "cell_results": nc, "bare": bare, "service": out["service"]}
     finally:
         if not keep_topic:
             C.delete_topics([tr, tc, *C.output_topics(rid)])
@@ -259,29 +287,36 @@ def bench_b2(args, rep: C.Report, keep_topic: bool = False) -> dict:
 
 # ================================================================================================ B5
 def bench_b5(args, rep: C.Report, prepared: dict | None = None) -> None:
+    """Per client: two ``cellwatch run`` in one group vs one (B2's single run when B2 ran before)."""
     n = 30_000 if args.quick else args.readings
     models = C.models_dir(args.models)
     if prepared:
         tr, tc, rid, nr, _ = prepared["topic"]
-        one = prepared["service"]
+        ones = dict(prepared["service"])
     else:
         tr, tc, rid, nr, _ = _prepare_topic(n)
-        one = None
+        ones = {}
+    details: dict = {}
     try:
-        if one is None:
-            one = _service_run(models, tr, tc, rid, nr, 1, args.timeout)
-        two = _service_run(models, tr, tc, rid, nr, 2, args.timeout)
-        ratio = two["steady_rate"] / one["steady_rate"]
-        rep.add("B5", f"1 x cellwatch run, {nr:,} readings, 4 partitions, steady", one["steady_rate"], "readings/s")
-        rep.add("B5", "2 x cellwatch run in one group, steady", two["steady_rate"], "readings/s")
-        rep.add("B5", "speed-up 2 vs 1 (steady 10 %-90 %)", round(ratio, 2), "x", ">= 1.7x", ratio >= 1.7)
-        rep.add("B5", "speed-up 2 vs 1 (first -> last batch)",
-                round(two["first_to_last_rate"] / one["first_to_last_rate"], 2), "x")
-        rep.add("B5", "readings per CPU second, 1 process", one["cpu_rate"], "readings/CPU-s")
-        rep.add("B5", "readings per CPU second, 2 processes together", two["cpu_rate"], "readings/CPU-s")
-        rep.add("B5", "CPU efficiency 2 vs 1 (1.0 = no work duplicated by splitting)",
-                round(two["cpu_rate"] / one["cpu_rate"], 2), "")
-        rep.details["B5"] = {"one": one, "two": two, "load_average": C.load_average()}
+        for client in _clients(args):
+            flag = _client_flag(client)
+            load = C.load_average()
+            one = ones.get(client) or _service_run(models, tr, tc, rid, nr, 1, args.timeout, extra=flag)
+            two = _service_run(models, tr, tc, rid, nr, 2, args.timeout, extra=flag)
+            ratio = two["steady_rate"] / one["steady_rate"]
+            tag = f"[{client}]"
+            rep.add("B5", f"{tag} 1 x cellwatch run, {nr:,} readings, 4 partitions, steady, load {load:.1f}",
+                    one["steady_rate"], "readings/s")
+            rep.add("B5", f"{tag} 2 x cellwatch run in one group, steady", two["steady_rate"], "readings/s")
+            rep.add("B5", f"{tag} speed-up 2 vs 1 (steady 10 %-90 %)", round(ratio, 2), "x", ">= 1.7x", ratio >= 1.7)
+            rep.add("B5", f"{tag} speed-up 2 vs 1 (first -> last batch)",
+                    round(two["first_to_last_rate"] / one["first_to_last_rate"], 2), "x")
+            rep.add("B5", f"{tag} readings per CPU second, 1 process", one["cpu_rate"], "readings/CPU-s")
+            rep.add("B5", f"{tag} readings per CPU second, 2 processes together", two["cpu_rate"], "readings/CPU-s")
+            rep.add("B5", f"{tag} CPU efficiency 2 vs 1 (1.0 = no work duplicated by splitting)",
+                    round(two["cpu_rate"] / one["cpu_rate"], 2), "")
+            details[client] = {"one": one, "two": two, "load_average": load}
+        rep.details["B5"] = details
     finally:
         C.delete_topics([tr, tc, *C.output_topics(rid)])
 
@@ -332,13 +367,22 @@ def _output_latencies(topic: str, ts_field: str, since: float = 0.0, timeout_s: 
 
 
 def bench_b3(args, rep: C.Report) -> None:
+    """Latency at a fixed input rate, once per Kafka client (each on fresh topics)."""
+    for client in _clients(args):
+        _b3_one(args, rep, client)
+
+
+def _b3_one(args, rep: C.Report, client: str) -> None:
+    b = f"B3 {client}"
     rate = args.rate
     warm, seconds = (10, 20) if args.quick else (args.b3_warm, args.b3_seconds)
     models = C.models_dir(args.models)
     readings, _ = C.load_sim(int(rate * (warm + seconds) * 2), seed=13)
     tr, tc, rid = C.new_topics(4)
     schema = f"bench_{rid}_lat"
-    proc = C.start(C.run_cmd(models, tr, tc, rid, schema, f"bench-{rid}-lat"), f"run-{rid}-lat")
+    load = C.load_average()
+    proc = C.start(C.run_cmd(models, tr, tc, rid, schema, f"bench-{rid}-lat", extra=_client_flag(client)),
+                   f"run-{rid}-lat")
     try:
         log = C.CACHE / f"run-{rid}-lat.log"
         t0 = time.monotonic()
@@ -369,36 +413,39 @@ def bench_b3(args, rep: C.Report) -> None:
     n_inc = C.count(schema, "incidents")
     C.drop_schema(schema)
     C.delete_topics([tr, tc, *C.output_topics(rid)])
-    rep.add("B3", f"input rate (target {rate:,.0f}/s, {warm} s warm-up + {seconds} s measured, ts = now)", achieved,
-            "readings/s")
-    rep.add("B3", f"reading ts -> scored (scores.scored_at - ts) p50, {int(sc[0][2]):,} readings",
+    rep.add(b, f"input rate (target {rate:,.0f}/s, {warm} s warm-up + {seconds} s measured, ts = now), "
+               f"load {load:.1f}", achieved, "readings/s")
+    rep.add(b, f"reading ts -> scored (scores.scored_at - ts) p50, {int(sc[0][2]):,} readings",
             float(sc[0][0]) * 1000, "ms")
-    rep.add("B3", "reading ts -> scored p99", float(sc[0][1]) * 1000, "ms")
+    rep.add(b, "reading ts -> scored p99", float(sc[0][1]) * 1000, "ms")
     if len(ps):
         p99 = float(np.percentile(ps[:, 1], 99))
-        rep.add("B3", f"Kafka ts -> batch committed (pipeline_stats), median of {len(ps)} batch p50s",
+        rep.add(b, f"Kafka ts -> batch committed (pipeline_stats), median of {len(ps)} batch p50s",
                 float(np.median(ps[:, 0])), "ms")
-        rep.add("B3", "Kafka ts -> batch committed, 99th pct of batch p99s", p99, "ms", "< 500 ms", p99 < 500)
+        rep.add(b, "Kafka ts -> batch committed, 99th pct of batch p99s", p99, "ms", "< 500 ms", p99 < 500)
     if len(out_lat):
         p99 = float(np.percentile(out_lat, 99) * 1000)
-        rep.add("B3", "reading ts -> score published (after commit) p50", float(np.median(out_lat) * 1000), "ms")
-        rep.add("B3", "reading ts -> score published (after commit) p99", p99, "ms", "< 500 ms", p99 < 500)
+        rep.add(b, "reading ts -> score published (after commit) p50", float(np.median(out_lat) * 1000), "ms")
+        rep.add(b, "reading ts -> score published (after commit) p99", p99, "ms", "< 500 ms", p99 < 500)
     if len(inc_lat):
         p99 = float(np.percentile(inc_lat, 99) * 1000)
-        rep.add("B3", f"reading ts -> incident published (after commit) p50, {len(inc_lat)} updates",
+        rep.add(b, f"reading ts -> incident published (after commit) p50, {len(inc_lat)} updates",
                 float(np.median(inc_lat) * 1000), "ms")
-        rep.add("B3", "reading ts -> incident published p99", p99, "ms", "< 500 ms", p99 < 500)
-    rep.details["B3"] = {"rate": rate, "achieved": achieved, "warm_s": warm, "seconds": seconds, "sent": sent[0],
-                         "incidents": n_inc, "batches": len(ps), "load_average": C.load_average()}
+        rep.add(b, "reading ts -> incident published p99", p99, "ms", "< 500 ms", p99 < 500)
+    rep.details[b] = {"client": client, "rate": rate, "achieved": achieved, "warm_s": warm, "seconds": seconds,
+                      "sent": sent[0], "incidents": n_inc, "batches": len(ps), "load_average": load}
 
 
 # ================================================================================================ B4
 def bench_b4(args, rep: C.Report) -> None:
     n = 60_000 if args.quick else args.b4_readings
     models = C.models_dir(args.models)
+    client = args.b4_client or ("confluent" if C.confluent_available() else "kafka-python")
     tr, tc, rid, nr, _ = _prepare_topic(n, seed=17)
     schema = f"bench_{rid}_mem"
-    proc = C.start(C.run_cmd(models, tr, tc, rid, schema, f"bench-{rid}-mem"), f"run-{rid}-mem")
+    load = C.load_average()
+    proc = C.start(C.run_cmd(models, tr, tc, rid, schema, f"bench-{rid}-mem", extra=_client_flag(client)),
+                   f"run-{rid}-mem")
     samples: list[tuple[float, int, int]] = []  # (t, readings done, rss)
     try:
         t0 = time.monotonic()
@@ -429,13 +476,14 @@ def bench_b4(args, rep: C.Report) -> None:
     tail = s[s[:, 1] >= 0.1 * nr]
     slope = np.polyfit(tail[:, 1] / 1e6, tail[:, 2] / 2**20, 1)[0] if len(tail) >= 3 else float("nan")
     growth = rss_at(1.0) - rss_at(0.1)
+    rep.add("B4", f"--kafka-client {client}, load at start {load:.1f}", nr, "readings")
     rep.add("B4", f"RSS at 10 % of {nr:,} readings (median of the samples 0-10 %)", rss_at(0.1), "MiB")
     rep.add("B4", "RSS at 50 % (median 40-50 %)", rss_at(0.5), "MiB")
     rep.add("B4", "RSS at 100 % (median 90-100 %)", rss_at(1.0), "MiB")
     rep.add("B4", "largest RSS sample (transient per-batch allocations)", float(s[:, 2].max()) / 2**20, "MiB")
     rep.add("B4", "RSS slope 10 % -> 100 % (least squares)", round(slope, 1), "MiB per M readings",
             "flat (< 10 % growth)", growth < 0.1 * rss_at(0.1))
-    rep.details["B4"] = {"readings": nr, "samples": samples}
+    rep.details["B4"] = {"readings": nr, "client": client, "load_average": load, "samples": samples}
 
 
 # ================================================================================================ B6
@@ -549,6 +597,10 @@ def main() -> None:
         p.add_argument("--b1-readings", type=int, default=200_000, help="B1 data size (readings)")
         p.add_argument("--readings", type=int, default=1_000_000, help="B2/B5 topic size (readings)")
         p.add_argument("--b4-readings", type=int, default=5_000_000, help="B4 run length")
+        p.add_argument("--clients", default="kafka-python,confluent",
+                       help="B2/B3/B5: the service's Kafka clients to measure, comma-separated")
+        p.add_argument("--b4-client", choices=("kafka-python", "confluent"),
+                       help="B4: the service's Kafka client (default: confluent when installed)")
         if name == "profile":
             p.add_argument("target", choices=("core", "service"))
             p.add_argument("--html", help="write pyinstrument HTML / py-spy speedscope here")
