@@ -1,0 +1,197 @@
+"""Online anomaly detector for one univariate stream: novelty of value contexts (the NAB detector).
+
+:class:`ContextNoveltyDetector` quantises the stream into value bins whose width comes from the training rows
+(``(max - min) / n_bins``; bins are open-ended, so values outside the training range get new bins) and
+remembers how often every *context* has occurred: the current bin alone (order 0) and the current bin with the
+``k`` bins before it (orders 1 .. ``max_order - 1``). Per row, online (row ``i`` uses rows ``<= i`` only):
+
+1. **value novelty** - the current bin was never seen before: ``gap / (gap + gap_scale)`` where ``gap`` is how
+   many bins the value lies beyond every bin seen so far (at least 1), so a first visit just outside the known
+   range scores 0.67 and a far excursion approaches 1 (``gap_scale=0.5``);
+2. **sequence novelty** - the fraction of orders 1.. whose context is new, averaged over the last ``short``
+   rows and compared with its own history (the ``long`` rows before): a z statistic (the mean of ``short``
+   values against the historical mean, in units of the historical std / sqrt(short)), scaled by ``z_scale``
+   and capped at ``seq_cap`` (a likelihood step in the spirit of Numenta's anomaly likelihood: it fires on a
+   burst of unfamiliar sequences, relative to how unfamiliar this stream usually is);
+3. ``score = max(value novelty, sequence novelty)``, then **suppression**: a row keeps its score only if it is
+   higher than every raw score of the previous ``suppress`` rows, else it is 0 (a repeat alarm on the same
+   event says nothing new). The suppression does not depend on a threshold, so ``score >= theta`` is nested
+   in ``theta`` (NAB's protocol: one score series per detector, one threshold).
+
+All of it is NumPy/pandas per batch: context counts are sorted key/count arrays merged per batch, rolling
+statistics run over the batch plus the state's tails, so scores do not depend on how the stream is cut into
+batches. Estimator style: ``fit`` (training rows learn the bins and seed the counts), ``decision_function``
+(scores of rows that follow the training rows), ``predict`` (``score >= threshold``); ``new_state`` /
+``score_batch`` for streaming.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+_HASH_MUL = np.int64(1_000_003)
+_NO_BIN = np.int64(-(2**40))  # stands for "before the stream began" in a context key
+
+
+@dataclass
+class NoveltyState:
+    """Everything a stream needs to continue: context counts per order and the tails of rolling statistics."""
+
+    keys: list[np.ndarray]  # per order: sorted context keys seen so far
+    counts: list[np.ndarray]  # per order: how often each key occurred
+    last_bins: np.ndarray  # the last max_order - 1 bins (oldest first)
+    bin_min: float = np.inf
+    bin_max: float = -np.inf
+    seq_tail: np.ndarray = field(default_factory=lambda: np.zeros(0))  # sequence novelty of recent rows
+    raw_tail: np.ndarray = field(default_factory=lambda: np.zeros(0))  # raw scores of recent rows
+    rows: int = 0
+
+
+class ContextNoveltyDetector:
+    """Univariate online novelty detector; scores in [0, 1]. See the module docstring."""
+
+    def __init__(self, n_bins: int = 20, max_order: int = 8, short: int = 10, long: int = 2000,
+                 z_scale: float = 30.0, seq_cap: float = 0.5, gap_scale: float = 0.5, suppress: int = 50,
+                 threshold: float = 0.5) -> None:
+        self.n_bins = n_bins
+        self.max_order = max_order
+        self.short = short
+        self.long = long
+        self.z_scale = z_scale
+        self.seq_cap = seq_cap
+        self.gap_scale = gap_scale
+        self.suppress = suppress
+        self.threshold = threshold
+
+    # ------------------------------------------------------------------------------------------ estimator API
+    def fit(self, X) -> ContextNoveltyDetector:
+        """Learn the bin grid from the training rows and seed the context counts with them."""
+        x = _as_series(X)
+        finite = x[np.isfinite(x)]
+        if finite.size < 2:
+            raise ValueError("ContextNoveltyDetector.fit needs at least 2 finite training values")
+        if self.n_bins < 1 or self.max_order < 1 or self.short < 1 or self.long < 2 or self.suppress < 0:
+            raise ValueError("n_bins, max_order, short >= 1, long >= 2 and suppress >= 0 are required")
+        lo, hi = float(finite.min()), float(finite.max())
+        self.low_ = lo
+        self.bin_width_ = (hi - lo) / self.n_bins if hi > lo else max(abs(lo), 1.0) / self.n_bins
+        state = self._empty_state()
+        self.train_scores_ = self.score_batch(x, state)
+        self.state_ = state
+        return self
+
+    def new_state(self) -> NoveltyState:
+        """A stream state that continues right after the training rows."""
+        self._check_fitted()
+        return copy.deepcopy(self.state_)
+
+    def decision_function(self, X) -> np.ndarray:
+        """Scores in [0, 1] of rows that follow the training rows (in order; the fitted state is not changed)."""
+        return self.score_batch(X, self.new_state())
+
+    def predict(self, X) -> np.ndarray:
+        """1 where ``decision_function >= threshold``."""
+        return (self.decision_function(X) >= self.threshold).astype(int)
+
+    # ------------------------------------------------------------------------------------------ streaming
+    def score_batch(self, X, state: NoveltyState) -> np.ndarray:
+        """Score the next rows of a stream and advance ``state``. Non-finite values score 0 and are skipped."""
+        self._check_fitted()
+        x = _as_series(X)
+        out = np.zeros(x.size)
+        ok = np.isfinite(x)
+        if ok.any():
+            out[ok] = self._score_finite(x[ok], state)
+        return out
+
+    def _score_finite(self, x: np.ndarray, state: NoveltyState) -> np.ndarray:
+        n = x.size
+        b = np.floor((x - self.low_) / self.bin_width_).astype(np.int64)
+        history = np.concatenate([state.last_bins, b])
+        h = history.size - n  # rows of history before this batch
+        key = np.zeros(n, dtype=np.int64)
+        new_by_order = np.empty((self.max_order, n))
+        for k in range(self.max_order):  # one vectorised pass per context order
+            lagged = history[h - k:history.size - k] if h >= k else np.concatenate(
+                [np.full(k - h, _NO_BIN), history[:history.size - k]])
+            with np.errstate(over="ignore"):
+                key = key * _HASH_MUL + lagged
+            prior = _prior_counts(key, state.keys[k], state.counts[k])
+            new_by_order[k] = prior == 0
+            state.keys[k], state.counts[k] = _merge_counts(state.keys[k], state.counts[k], key)
+        # 1. value novelty, by how far beyond the bins seen so far
+        seen_max = np.maximum.accumulate(np.concatenate([[state.bin_max], b[:-1]]))
+        seen_min = np.minimum.accumulate(np.concatenate([[state.bin_min], b[:-1]]))
+        gap = np.maximum(np.maximum(b - seen_max, seen_min - b), 1.0)
+        gap[~np.isfinite(gap)] = 1.0  # the very first row of a stream
+        value_novelty = new_by_order[0] * gap / (gap + self.gap_scale)
+        # 2. sequence novelty against its own history
+        seq = new_by_order[1:].mean(axis=0) if self.max_order > 1 else np.zeros(n)
+        seq_all = np.concatenate([state.seq_tail, seq])
+        z = _burst_z(seq_all, self.short, self.long)[-n:]
+        seq_novelty = np.clip(z / self.z_scale, 0.0, self.seq_cap)
+        raw = np.maximum(value_novelty, seq_novelty)
+        # 3. suppression: keep only new peaks over the previous `suppress` raw scores
+        raw_all = np.concatenate([state.raw_tail, raw])
+        if self.suppress > 0:
+            prev = pd.Series(raw_all).shift(1).rolling(self.suppress, min_periods=1).max().fillna(-1.0).to_numpy()
+            score = np.where(raw_all > prev, raw_all, 0.0)[-n:]
+        else:
+            score = raw
+        # advance the state
+        state.last_bins = history[max(0, history.size - (self.max_order - 1)):] if self.max_order > 1 else b[:0]
+        state.bin_max = float(max(state.bin_max, b.max()))
+        state.bin_min = float(min(state.bin_min, b.min()))
+        state.seq_tail = seq_all[-(self.long + self.short):]
+        state.raw_tail = raw_all[-self.suppress:] if self.suppress > 0 else raw_all[:0]
+        state.rows += n
+        return np.clip(score, 0.0, 1.0)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _empty_state(self) -> NoveltyState:
+        return NoveltyState(keys=[np.zeros(0, np.int64) for _ in range(self.max_order)],
+                            counts=[np.zeros(0, np.int64) for _ in range(self.max_order)],
+                            last_bins=np.zeros(0, np.int64))
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "bin_width_"):
+            raise RuntimeError("ContextNoveltyDetector is not fitted; call fit() first")
+
+
+def _as_series(X) -> np.ndarray:
+    x = np.asarray(X, dtype="float64")
+    if x.ndim == 2 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 1:
+        raise ValueError(f"ContextNoveltyDetector is univariate: expected shape (n,) or (n, 1), got {x.shape}")
+    return x
+
+
+def _prior_counts(key: np.ndarray, known: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """How often each row's key occurred before that row: stored count + earlier occurrences in this batch."""
+    pos = np.searchsorted(known, key)
+    hit = pos < known.size
+    hit[hit] = known[pos[hit]] == key[hit]
+    stored = np.where(hit, counts[np.minimum(pos, max(known.size - 1, 0))] if known.size else 0, 0)
+    return stored + pd.Series(key).groupby(key).cumcount().to_numpy()
+
+
+def _merge_counts(known: np.ndarray, counts: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    merged, inverse = np.unique(np.concatenate([known, key]), return_inverse=True)
+    total = np.bincount(inverse, weights=np.concatenate([counts, np.ones(key.size, np.int64)]),
+                        minlength=merged.size)
+    return merged, total.astype(np.int64)
+
+
+def _burst_z(f: np.ndarray, short: int, long: int) -> np.ndarray:
+    """z of the mean of the last ``short`` values against the ``long`` values before them (0 until 50 exist)."""
+    s = pd.Series(f)
+    recent = s.rolling(short, min_periods=1).mean()
+    before = s.shift(short)
+    mu = before.rolling(long, min_periods=50).mean()
+    sd = before.rolling(long, min_periods=50).std()
+    return ((recent - mu) / (sd / np.sqrt(short) + 1e-3)).fillna(0.0).to_numpy()
