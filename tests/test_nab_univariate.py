@@ -31,7 +31,7 @@ def test_new_value_range_scores_high_and_familiar_values_score_zero():
     s = model.decision_function(test)
     assert s[900] > 0.9
     assert s[:900].max() < 0.1 and s[1000:].max() < 0.1  # the periodic signal itself stays familiar
-    assert 0 <= s.min() and s.max() <= 1
+    assert s.min() >= 0 and s.max() <= 1
 
 
 def test_suppression_silences_a_repeat_alarm_but_not_without_it():
