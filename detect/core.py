@@ -86,6 +86,8 @@ class ScoringState:
     buffers: dict[str, pd.DataFrame] = field(default_factory=dict)
     #: readings seen per (line, station): the stream position of the next reading
     positions: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: is_anomaly of the last buffered reading per (line, station): whether the next anomalous one starts a run
+    last_flags: dict[tuple[str, str], bool] = field(default_factory=dict)
     #: one row per open cell: line, last_ts, arrival, then CARRIED_FEATURES
     cells: pd.DataFrame = field(default_factory=lambda: _empty_cells())
     #: the lots the open cells' readings named: (cell_id, lot) rows
@@ -199,19 +201,26 @@ class LineScorer:
         """Scores per reading and the readings' sensors as robust z values against their station model.
 
         The z values (``(x - median) / scale`` of the model of the reading's station and recipe) are what the
-        cell features use, so a feature means the same for every recipe.
+        cell features use, so a feature means the same for every recipe. The batch's sensor columns are read
+        into one matrix once; each (station, recipe) group gets a small frame of its own sensors only.
         """
         n = len(r)
-        z = pd.DataFrame(np.nan, index=r.index, columns=[c for c in r.columns if c not in READING_KEYS],
-                         dtype="float64")
+        columns = [c for c in r.columns if c not in READING_KEYS]
+        col_of = {c: i for i, c in enumerate(columns)}
+        values = r[columns].to_numpy(dtype="float64") if columns else np.zeros((n, 0))
+        zv = np.full((n, len(columns)), np.nan)
         score = np.zeros(n)
         flag = np.zeros(n, dtype=bool)
         kind = np.empty(n, dtype=object)
         top = np.full(n, None, dtype=object)
+        ts, line = r["ts"].array, r["line"].to_numpy(dtype=object)
         recipe = r["recipe"].where(r["recipe"].notna(), None)
-        groups = pd.Series(np.arange(n)).groupby([r["station"], recipe.fillna(ANY)], sort=False).indices
+        codes, keys = pd.factorize(pd.MultiIndex.from_arrays([r["station"], recipe.fillna(ANY)]), sort=False)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(keys) + 1))
         unknown = []
-        for (st, rec), idx in groups.items():
+        for g, (st, rec) in enumerate(keys):
+            idx = order[bounds[g]:bounds[g + 1]]
             found = self.stations.model_for(st, None if rec == ANY else rec)
             if found is None:
                 unknown.append(st)
@@ -219,17 +228,18 @@ class LineScorer:
             key, model = found
             if key not in state.model_states:
                 state.model_states[key] = model.new_state()
-            out = model.score(r.iloc[idx], state.model_states[key])
+            present = [c for c in model.sensors_ if c in col_of]
+            cols = [col_of[c] for c in present]
+            raw = values[np.ix_(idx, cols)]
+            sub = pd.DataFrame({"ts": ts[idx], "line": line[idx], **dict(zip(present, raw.T, strict=True))})
+            out = model.score(sub, state.model_states[key])
             score[idx] = out["anomaly_score"].to_numpy(dtype="float64")
             flag[idx] = out["is_anomaly"].to_numpy(dtype=bool)
             kind[idx] = out["kind"].to_numpy(dtype=object)
             top[idx] = out["top_sensors"].to_numpy(dtype=object)
-            sensors = [c for c in model.sensors_ if c in z.columns]
-            if sensors:
-                pos = [model.sensors_.index(c) for c in sensors]
-                raw = r.iloc[idx][sensors].to_numpy(dtype="float64")
-                z.iloc[idx, [z.columns.get_loc(c) for c in sensors]] = (
-                    (raw - model.scaler_.median_[pos]) / model.scaler_.scale_[pos])
+            if present:
+                pos = [model.sensors_.index(c) for c in present]
+                zv[np.ix_(idx, cols)] = (raw - model.scaler_.median_[pos]) / model.scaler_.scale_[pos]
         if unknown:
             raise ValueError(f"no station model for station(s) {sorted(set(unknown))}; known: "
                              f"{', '.join(self.stations.stations)} (filter with LineScorer.accepts)")
@@ -237,37 +247,39 @@ class LineScorer:
             "line": r["line"], "station": r["station"], "seq": r["seq"].astype("int64"), "ts": r["ts"],
             "cell_id": r["cell_id"], "recipe": r["recipe"], "anomaly_score": score, "is_anomaly": flag,
             "kind": kind, "top_sensors": top, "model_version": self.model_version})
-        return scored, z
+        return scored, pd.DataFrame(zv, index=r.index, columns=columns)
 
     def _update_buffers(self, r: pd.DataFrame, scored: pd.DataFrame, state: ScoringState) -> None:
         """Append the electrode stations' scored readings (z values, lots, stream positions, run starts)."""
+        stations = r["station"].to_numpy(dtype=object)
+        lines = r["line"].to_numpy(dtype=object)
+        ts = r["ts"].array
+        scores = scored["anomaly_score"].to_numpy(dtype="float64")
+        flags_all = scored["is_anomaly"].to_numpy(dtype=bool)
         for name in LOT_STATIONS:
-            sel = np.flatnonzero((r["station"] == name).to_numpy())
+            sel = np.flatnonzero(stations == name)
             if sel.size == 0:
                 continue
-            sensors = [s for s in station(name).sensor_names]
-            sub = r.iloc[sel]
-            new = pd.DataFrame({"line": sub["line"].to_numpy(), "ts": sub["ts"].to_numpy(),
-                                "anomaly_score": scored["anomaly_score"].to_numpy()[sel],
-                                "is_anomaly": scored["is_anomaly"].to_numpy()[sel]})
-            for s in sensors:
-                new[s] = sub[s].to_numpy(dtype="float64") if s in sub else np.nan
-            new["lots"] = lots_of(sub["tags"])
-            old = state.buffers.get(name)
-            pos = np.empty(len(new), dtype="int64")
-            run_start = np.zeros(len(new), dtype=bool)
-            for line, idx in new.groupby("line", sort=False).indices.items():
+            flags = flags_all[sel]
+            new = {"line": lines[sel], "ts": ts[sel], "anomaly_score": scores[sel], "is_anomaly": flags}
+            for s in station(name).sensor_names:
+                new[s] = r[s].to_numpy(dtype="float64")[sel] if s in r else np.full(sel.size, np.nan)
+            new["lots"] = lots_of(r["tags"].iloc[sel])
+            pos = np.empty(sel.size, dtype="int64")
+            run_start = np.zeros(sel.size, dtype=bool)
+            codes, names = pd.factorize(new["line"], sort=False)
+            for code, line in enumerate(names):
+                idx = np.flatnonzero(codes == code)
                 start = state.positions.get((line, name), 0)
-                pos[idx] = start + np.arange(len(idx))
-                state.positions[(line, name)] = start + len(idx)
-                prev = False
-                if old is not None and len(old):
-                    last = old.loc[old["line"] == line]
-                    prev = bool(last["is_anomaly"].iloc[-1]) if len(last) else False
-                flags = new["is_anomaly"].to_numpy()[idx]
-                run_start[idx] = flags & ~np.r_[prev, flags[:-1]]
+                pos[idx] = start + np.arange(idx.size)
+                state.positions[(line, name)] = start + idx.size
+                f = flags[idx]
+                run_start[idx] = f & ~np.r_[state.last_flags.get((line, name), False), f[:-1]]
+                state.last_flags[(line, name)] = bool(f[-1])
             new["pos"] = pos
             new["run_start"] = run_start
+            new = pd.DataFrame(new)
+            old = state.buffers.get(name)
             state.buffers[name] = new if old is None or old.empty else pd.concat([old, new], ignore_index=True)
 
     def _cell_events(self, r: pd.DataFrame, scored: pd.DataFrame, arrival: np.ndarray,
