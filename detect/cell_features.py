@@ -136,56 +136,29 @@ def own_features(events: pd.DataFrame) -> pd.DataFrame:
 def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[str, pd.DataFrame],
                  lot_memory: int, anchors: np.ndarray | None = None, lags: dict[str, float] | None = None,
                  half_window_s: float = 60.0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Genealogy features per event (see :func:`_lot_features`), computed once per distinct event signature.
-
-    Events with the same line, lot set, window end at every lot station and anchor (many cells of a batch share
-    their rolls and coils) have identical features: only one per signature is expanded, then broadcast.
-    """
-    anchors = np.full(len(events), np.nan) if anchors is None else np.asarray(anchors, dtype="float64")
-    if events.empty or event_lots.empty:
-        return _lot_features(events, event_lots, buffers, lot_memory, anchors, lags, half_window_s)
-    ev_line = events["line"].astype(str).to_numpy(dtype=object)
-    ev_ts = ts_ns(events["ts"])
-    ends = [_window_end(buffers[n], ev_line, ev_ts) for n in LOT_STATIONS
-            if buffers.get(n) is not None and not buffers[n].empty]
-    lot_sets = pd.Series([()] * len(events), dtype=object)
-    grouped = event_lots.groupby("event")["lot"].agg(lambda x: tuple(sorted(set(x))))
-    lot_sets.iloc[grouped.index.to_numpy()] = grouped.to_numpy()
-    keys = list(zip(ev_line.tolist(), lot_sets.tolist(), *(e.tolist() for e in ends),
-                    np.nan_to_num(anchors, nan=-1.0).tolist(), strict=True))
-    sig, _ = pd.factorize(pd.Series(keys, dtype=object))
-    first = pd.Series(np.arange(len(events))).groupby(sig).first().to_numpy()  # representative per signature
-    rep_pos = pd.Series(np.arange(len(first)), index=first)
-    sel = event_lots["event"].isin(first).to_numpy()
-    rep_lots = pd.DataFrame({"event": rep_pos.loc[event_lots["event"].to_numpy()[sel]].to_numpy(),
-                             "lot": event_lots["lot"].to_numpy()[sel]})
-    lot, local = _lot_features(events.iloc[first].reset_index(drop=True), rep_lots, buffers, lot_memory,
-                               anchors[first], lags, half_window_s)
-    return (pd.DataFrame(lot.to_numpy()[sig], index=events.index, columns=LOT_FEATURES),
-            pd.DataFrame(local.to_numpy()[sig], index=events.index, columns=LOCAL_FEATURES))
-
-
-def _lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[str, pd.DataFrame],
-                  lot_memory: int, anchors: np.ndarray | None = None, lags: dict[str, float] | None = None,
-                  half_window_s: float = 60.0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Genealogy features per event.
 
     ``events``: columns ``line`` and ``ts``, one row per event. ``event_lots``: columns ``event`` (the event's
-    position in ``events``), ``lot``
-    (the lots the cell's own readings named). ``buffers``: per electrode station, the recent scored readings
-    of all lines (columns ``line, ts, pos, anomaly_score, is_anomaly, run_start, lots`` + sensors; ``pos`` is
-    the reading's position in its (line, station) stream). Returns a frame indexed like ``events`` with the
-    :data:`LOT_FEATURES` columns (NaN where no lot reading matched), and one with the :data:`LOCAL_FEATURES`:
-    the same statistics over the matched readings within ``half_window_s`` of ``anchors - lags[station]``
-    (``anchors``: ns per event, NaN = none; ``lags``: seconds from the station to the anchor, i.e. the
-    material's travel time), the cell's own stretch of electrode.
+    position in ``events``), ``lot`` (the lots the cell's own readings named). ``buffers``: per electrode station,
+    the recent scored readings of all lines (columns ``line, ts, pos, anomaly_score, is_anomaly, run_start, lots``
+    + sensors; ``pos`` is the reading's position in its (line, station) stream, rows of a line in stream order).
+    Returns a frame indexed like ``events`` with the :data:`LOT_FEATURES` columns (NaN where no lot reading
+    matched), and one with the :data:`LOCAL_FEATURES`: the same statistics over the matched readings within
+    ``half_window_s`` of ``anchors - lags[station]`` (``anchors``: ns per event, NaN = none; ``lags``: seconds
+    from the station to the anchor, i.e. the material's travel time), the cell's own stretch of electrode.
+
+    Per station, events with the same line and lot set form a group; the group's readings (rows of its line
+    carrying one of its lots, in stream order) are found once, each event's window (the last ``lot_memory``
+    readings of the stream up to its ``ts``) is a contiguous range of them, and each distinct range is aggregated
+    once. Only the local (±``half_window_s``) matches are expanded per event.
     """
-    out = np.full((len(events), len(LOT_FEATURES)), np.nan)
-    local = np.full((len(events), len(LOCAL_FEATURES)), np.nan)
+    n = len(events)
+    out = np.full((n, len(LOT_FEATURES)), np.nan)
+    local = np.full((n, len(LOCAL_FEATURES)), np.nan)
     col = {f: i for i, f in enumerate(LOT_FEATURES)}
     lcol = {f: i for i, f in enumerate(LOCAL_FEATURES)}
     lags = lags or {}
-    anchors = np.full(len(events), np.nan) if anchors is None else np.asarray(anchors, dtype="float64")
+    anchors = np.full(n, np.nan) if anchors is None else np.asarray(anchors, dtype="float64")
 
     def frames() -> tuple[pd.DataFrame, pd.DataFrame]:
         return (pd.DataFrame(out, index=events.index, columns=LOT_FEATURES),
@@ -193,10 +166,10 @@ def _lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[
 
     if events.empty or event_lots.empty:
         return frames()
+    ev_line_str = events["line"].astype(str).to_numpy(dtype=object)
     ev_ts = ts_ns(events["ts"])
-    # integer codes for lines and lots (string joins are the slow part)
-    stations = [n for n in reversed(LOT_STATIONS)  # slitting first: it links the cell's rolls to their coils
-                if buffers.get(n) is not None and not buffers[n].empty]
+    stations = [s for s in reversed(LOT_STATIONS)  # slitting first: it links the cell's rolls to their coils
+                if buffers.get(s) is not None and not buffers[s].empty]
     flat = {}
     for name in stations:
         lots_per_row = buffers[name]["lots"].tolist()
@@ -205,60 +178,162 @@ def _lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[
                       counts)
     lot_codes, _ = pd.factorize(np.concatenate([event_lots["lot"].to_numpy(dtype=object),
                                                 *(f[0] for f in flat.values())]))
-    line_codes, _ = pd.factorize(np.concatenate([events["line"].astype(str).to_numpy(dtype=object),
-                                                 *(buffers[n]["line"].astype(str).to_numpy(dtype=object)
-                                                   for n in stations)]))
+    line_codes, _ = pd.factorize(np.concatenate([ev_line_str, *(buffers[s]["line"].astype(str).to_numpy(dtype=object)
+                                                                for s in stations)]))
     n_lots = int(lot_codes.max()) + 1 if len(lot_codes) else 1
-    ev_line = line_codes[:len(events)]
-    pair_ev = event_lots["event"].to_numpy(dtype=np.int64)
-    pair_lot = lot_codes[:len(event_lots)]
-    pair_ev, pair_lot = _unique_pairs(pair_ev, pair_lot, n_lots)
-    lot_off, line_off = len(event_lots), len(events)
+    ev_line = line_codes[:n]
+    pair_ev, pair_lot = _unique_pairs(event_lots["event"].to_numpy(dtype=np.int64), lot_codes[:len(event_lots)],
+                                      n_lots)
+    lot_off, line_off = len(event_lots), n
+    half_ns = half_window_s * 1e9
     for name in stations:
         buf = buffers[name]
         sensors = list(station(name).sensor_names)
-        ex_lot = lot_codes[lot_off:lot_off + len(flat[name][0])]
+        row_lot_all = lot_codes[lot_off:lot_off + len(flat[name][0])]
         lot_off += len(flat[name][0])
         row_line = line_codes[line_off:line_off + len(buf)]
         line_off += len(buf)
         counts = flat[name][1]
-        ex_row = np.repeat(np.arange(len(buf)), counts)
-        # (event, row) for every reading that carries one of the event's lots
-        order = np.argsort(ex_lot, kind="stable")
-        ev_i, k = _expand(pair_ev, np.searchsorted(ex_lot[order], pair_lot, "left"),
-                          np.searchsorted(ex_lot[order], pair_lot, "right"))
-        if ev_i.size == 0:
-            continue
-        row_i = ex_row[order][k]
-        # the window of each event: the last lot_memory readings of its (line, station) with ts <= event ts
-        hi = _window_end(buf, events["line"].astype(str).to_numpy(dtype=object), ev_ts)
-        pos = buf["pos"].to_numpy()[row_i]
-        ok = (row_line[row_i] == ev_line[ev_i]) & (pos > hi[ev_i] - lot_memory) & (pos <= hi[ev_i])
-        ev_i, row_i = _unique_pairs(ev_i[ok], row_i[ok], len(buf))
-        if ev_i.size == 0:
-            continue
-        values = buf[["anomaly_score", "is_anomaly", "run_start", *sensors]].to_numpy(dtype="float64")
-        at, stats, means, _, _ = _aggregate(ev_i, values[row_i])
-        first = col[f"{name}.{LOT_STATS[0]}"]
-        out[at, first:first + len(LOT_STATS)] = stats
-        first = col[f"{name}.lot_mean.{sensors[0]}"]
-        out[at, first:first + len(sensors)] = means
-        if name in lags and np.isfinite(anchors).any():
-            target = anchors[ev_i] - lags[name] * 1e9
-            near = np.abs(ts_ns(buf["ts"]).astype("float64")[row_i] - target) <= half_window_s * 1e9
-            if near.any():
-                at, stats, means, mins, maxs = _aggregate(ev_i[near], values[row_i[near]])
-                first = lcol[f"{name}.{LOCAL_STATS[0]}"]
-                local[at, first:first + len(LOCAL_STATS)] = stats[:, :len(LOCAL_STATS)]
-                for agg, block in (("mean", means), ("min", mins), ("max", maxs)):
-                    first = lcol[f"{name}.local_{agg}.{sensors[0]}"]
-                    local[at, first:first + len(sensors)] = block
-        # the lots these readings carry (e.g. the coil of a roll) lead further upstream
         ptr = np.concatenate([[0], np.cumsum(counts)])
-        ev_more, k = _expand(ev_i, ptr[row_i], ptr[row_i + 1])
-        pair_ev, pair_lot = _unique_pairs(np.concatenate([pair_ev, ev_more]),
-                                          np.concatenate([pair_lot, ex_lot[k]]), n_lots)
+        # (lot -> rows) index of the buffer
+        row_of_lot = np.repeat(np.arange(len(buf)), counts)
+        order = np.argsort(row_lot_all, kind="stable")
+        lot_sorted, row_sorted = row_lot_all[order], row_of_lot[order]
+        # groups of events: same line, same set of the lots this station's readings carry
+        here = np.isin(pair_lot, lot_sorted)
+        group, g_line = _set_groups(ev_line, pair_ev[here], pair_lot[here], n)
+        g_pair, g_lot = _unique_pairs(group[pair_ev[here]], pair_lot[here], n_lots)
+        g_of, k = _expand(g_pair, np.searchsorted(lot_sorted, g_lot, "left"),
+                          np.searchsorted(lot_sorted, g_lot, "right"))
+        rows = row_sorted[k]
+        same = row_line[rows] == g_line[g_of]
+        gr_g, gr_row = _unique_pairs(g_of[same], rows[same], len(buf))  # the groups' readings, in stream order
+        if gr_g.size == 0:
+            continue
+        pos = buf["pos"].to_numpy(dtype=np.int64)
+        # each event's window: stream positions (hi - lot_memory, hi] -> a range [a, b) of its group's readings
+        hi = _window_end(buf, ev_line_str, ev_ts)
+        span = np.int64(int(pos.max()) + lot_memory + 3)
+        key = gr_g * span + pos[gr_row] + lot_memory
+        a = np.searchsorted(key, group * span + hi, "right")
+        b = np.searchsorted(key, group * span + hi + lot_memory, "right")
+        has = b > a
+        if not has.any():
+            continue
+        rng_key, dist = np.unique(a[has] * np.int64(len(key) + 1) + b[has], return_inverse=True)
+        d_a, d_b = rng_key // (len(key) + 1), rng_key % (len(key) + 1)
+        values = buf[["anomaly_score", "is_anomaly", "run_start", *sensors]].to_numpy(dtype="float64")
+        stats, means, d_pair, d_lot = _window_aggregates(d_a, d_b, gr_row, values, ptr, row_lot_all, n_lots)
+        ev_has = np.flatnonzero(has)
+        first = col[f"{name}.{LOT_STATS[0]}"]
+        out[ev_has, first:first + len(LOT_STATS)] = stats[dist]
+        first = col[f"{name}.lot_mean.{sensors[0]}"]
+        out[ev_has, first:first + len(sensors)] = means[dist]
+        if name in lags:
+            anchored = ev_has[np.isfinite(anchors[ev_has])]
+            if anchored.size:
+                _local(local, lcol, name, sensors, anchored, anchors[anchored] - lags[name] * 1e9, a, b, gr_g,
+                       gr_row, group, buf, values, half_ns)
+        # the lots these readings carry (e.g. the coil of a roll) lead further upstream
+        dptr = np.searchsorted(d_pair, np.arange(len(rng_key) + 1))
+        ev_more, k = _expand(ev_has, dptr[dist], dptr[dist + 1])
+        pair_ev, pair_lot = _unique_pairs(np.concatenate([pair_ev, ev_more]), np.concatenate([pair_lot, d_lot[k]]),
+                                          n_lots)
     return frames()
+
+
+def _window_aggregates(d_a: np.ndarray, d_b: np.ndarray, gr_row: np.ndarray, values: np.ndarray, ptr: np.ndarray,
+                       row_lots: np.ndarray, n_lots: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lot statistics of the reading ranges ``gr_row[d_a:d_b]`` (distinct, non-empty) and the lots they carry.
+
+    Ranges that end at the same reading form a chain: one reversed running sum / max from that end serves every
+    range of the chain, so the cost is the chains' lengths, not the ranges'. A range's figures depend on its own
+    readings only (summed from its newest reading back), whatever else the buffer holds. Returns the
+    :data:`LOT_STATS` and the sensor means per range, and the distinct (range, lot) pairs sorted by range.
+    ``values`` columns: anomaly_score, is_anomaly, run_start, sensors... (NaN sensors are skipped).
+    """
+    ends, chain = np.unique(d_b, return_inverse=True)
+    start = np.full(len(ends), np.iinfo(np.int64).max)
+    np.minimum.at(start, chain, d_a)
+    length = ends - start
+    width = int(length.max())
+    j = np.arange(width)
+    valid = j[None, :] < length[:, None]
+    rows = np.where(valid, gr_row[np.clip(ends[:, None] - 1 - j[None, :], 0, None)], 0)  # newest reading first
+    v = values[rows]                                   # chains x width x columns
+    v[~valid] = np.nan
+    present = ~np.isnan(v)
+    csum = np.cumsum(np.where(present, v, 0.0), axis=1)
+    ccount = np.cumsum(present, axis=1)
+    cmax = np.fmax.accumulate(v[:, :, 0], axis=1)
+    at = (chain, d_b - d_a - 1)
+    n = (d_b - d_a).astype("float64")
+    anomalous = csum[at][:, 1]
+    stats = np.column_stack([n, cmax[at], csum[at][:, 0] / n, anomalous, anomalous / n, csum[at][:, 2]])
+    cnt = ccount[at][:, 3:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(cnt > 0, csum[at][:, 3:] / cnt, np.nan)
+    # lots: the first (newest-side) position of each lot in its chain; a range carries those within its length
+    c_of, jj = np.nonzero(valid)
+    k_of, k = _expand(np.arange(len(c_of)), ptr[rows[c_of, jj]], ptr[rows[c_of, jj] + 1])
+    key = c_of[k_of] * np.int64(n_lots) + row_lots[k]
+    first_j = pd.Series(jj[k_of]).groupby(key).min()
+    c_lot = first_j.index.to_numpy() // n_lots
+    lot = first_j.index.to_numpy() % n_lots
+    cptr = np.searchsorted(c_lot, np.arange(len(ends) + 1))
+    r_of, k = _expand(np.arange(len(d_a)), cptr[chain], cptr[chain + 1])
+    keep = first_j.to_numpy()[k] < (d_b - d_a)[r_of]
+    return stats, means, r_of[keep], lot[k][keep]
+
+
+def _set_groups(ev_line: np.ndarray, pair_ev: np.ndarray, pair_lot: np.ndarray, n: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Group id per event (same line and same lot set <=> same group) and each group's line code.
+
+    ``pair_ev``/``pair_lot``: distinct (event, lot) pairs sorted by event then lot.
+    """
+    k = np.bincount(pair_ev, minlength=n)
+    width = int(k.max()) if k.size else 0
+    mat = np.full((n, width + 1), -1, dtype=np.int64)
+    mat[:, 0] = ev_line
+    rank = np.arange(len(pair_ev)) - np.repeat(np.cumsum(k) - k, k)
+    mat[pair_ev, rank + 1] = pair_lot
+    uniq, group = np.unique(mat, axis=0, return_inverse=True)
+    return group.ravel().astype(np.int64), uniq[:, 0]
+
+
+def _local(local: np.ndarray, lcol: dict, name: str, sensors: list[str], events: np.ndarray, target: np.ndarray,
+           a: np.ndarray, b: np.ndarray, gr_g: np.ndarray, gr_row: np.ndarray, group: np.ndarray,
+           buf: pd.DataFrame, values: np.ndarray, half_ns: float) -> None:
+    """Fill the local (own electrode stretch) features of ``events``: their window's readings within
+    ``half_ns`` of ``target``. Candidates come from a ts search when the groups' readings are in ts order."""
+    ts = ts_ns(buf["ts"])
+    gts = ts[gr_row]
+    lo, hi = a[events], b[events]
+    t0 = int(ts.min())
+    width = int(ts.max()) - t0 + 2 * int(half_ns) + 4_000_000
+    in_order = (gts[1:] >= gts[:-1])[gr_g[1:] == gr_g[:-1]].all()
+    if in_order and (int(gr_g.max()) + 2) * width < 2**62:
+        width = np.int64(width)
+        key = gr_g * width + (gts - t0)
+        margin = half_ns + 2_000_000.0  # float rounding of ns timestamps stays far inside 2 ms
+        base = group[events] * width - t0
+        c = np.searchsorted(key, base + np.floor(target - margin).astype(np.int64), "left")
+        d = np.searchsorted(key, base + np.ceil(target + margin).astype(np.int64), "right")
+        lo, hi = np.maximum(lo, c), np.minimum(hi, d)
+    ev_i, k = _expand(events, lo, hi)
+    if ev_i.size == 0:
+        return
+    row_i = gr_row[k]
+    near = np.abs(ts.astype("float64")[row_i] - np.repeat(target, np.maximum(hi - lo, 0))) <= half_ns
+    if not near.any():
+        return
+    at, stats, means, mins, maxs = _aggregate(ev_i[near], values[row_i[near]])
+    first = lcol[f"{name}.{LOCAL_STATS[0]}"]
+    local[at, first:first + len(LOCAL_STATS)] = stats[:, :len(LOCAL_STATS)]
+    for agg, block in (("mean", means), ("min", mins), ("max", maxs)):
+        first = lcol[f"{name}.local_{agg}.{sensors[0]}"]
+        local[at, first:first + len(sensors)] = block
 
 
 def _unique_pairs(a: np.ndarray, b: np.ndarray, n_b: int) -> tuple[np.ndarray, np.ndarray]:
@@ -300,6 +375,9 @@ def _aggregate(ev: np.ndarray, values: np.ndarray):
 
 def ts_ns(ts: pd.Series) -> np.ndarray:
     """Timestamps as int64 nanoseconds since the epoch (UTC)."""
+    dtype = getattr(ts, "dtype", None)
+    if isinstance(dtype, pd.DatetimeTZDtype) and dtype.unit == "ns" and isinstance(ts, pd.Series):
+        return ts.array.asi8
     return pd.DatetimeIndex(pd.to_datetime(ts, utc=True)).as_unit("ns").asi8
 
 
