@@ -88,18 +88,33 @@ class ScoringState:
     positions: dict[tuple[str, str], int] = field(default_factory=dict)
     #: is_anomaly of the last buffered reading per (line, station): whether the next anomalous one starts a run
     last_flags: dict[tuple[str, str], bool] = field(default_factory=dict)
-    #: one row per open cell: line, last_ts, arrival, then CARRIED_FEATURES
-    cells: pd.DataFrame = field(default_factory=lambda: _empty_cells())
-    #: the lots the open cells' readings named: (cell_id, lot) rows
-    cell_lots: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"cell_id": pd.Series(dtype=object),
-                                                                          "lot": pd.Series(dtype=object)}))
+    #: the open cells (between their first cell-station reading and EOL): carried features, arrival, lots
+    cells: OpenCells = field(default_factory=lambda: OpenCells())
     arrivals: int = 0
 
 
-def _empty_cells() -> pd.DataFrame:
-    frame = pd.DataFrame(columns=["line", "last_ts", "arrival", *CARRIED_FEATURES])
-    frame.index.name = "cell_id"
-    return frame.astype({c: "float64" for c in CARRIED_FEATURES} | {"arrival": "int64"})
+@dataclass
+class OpenCells:
+    """Per open cell, keyed by cell id: its last accumulated :data:`CARRIED_FEATURES` row, the arrival number of
+    its last event (the oldest are dropped first beyond ``max_open_cells``) and the lots its readings named
+    (first-seen order, no duplicates)."""
+
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    arrival: dict[str, int] = field(default_factory=dict)
+    lots: dict[str, list[str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def close(self, cells) -> None:
+        for c in cells:
+            self.rows.pop(c, None)
+            self.arrival.pop(c, None)
+            self.lots.pop(c, None)
+
+    def keep_newest(self, n: int) -> None:
+        if len(self.rows) > n:
+            self.close(sorted(self.arrival, key=self.arrival.__getitem__)[:len(self.rows) - n])
 
 
 @dataclass
@@ -286,63 +301,57 @@ class LineScorer:
                      state: ScoringState) -> pd.DataFrame:
         """Feature rows of this batch's cell events; updates the open cells."""
         cell = r["cell_id"]
-        is_event = (r["station"].isin(FEATURE_STATIONS) & cell.notna()).to_numpy()
-        is_eol = ((r["station"] == "eol") & cell.notna()).to_numpy()
+        stations = r["station"].to_numpy(dtype=object)
+        known = cell.notna().to_numpy()
+        is_event = np.isin(stations, FEATURE_STATIONS) & known
+        is_eol = (stations == "eol") & known
         feats = pd.DataFrame(columns=["cell_id", "station", "line", "ts", *FEATURE_NAMES])
         if is_event.any():
             ev_idx = np.flatnonzero(is_event)
             ev = r.iloc[ev_idx].assign(anomaly_score=scored["anomaly_score"].to_numpy()[ev_idx],
                                        is_anomaly=scored["is_anomaly"].to_numpy()[ev_idx])
             ev = ev.reset_index(drop=True)
-            ev["cell_id"] = ev["cell_id"].astype(str)
-            ev["arrival"] = arrival[ev_idx]
+            cells = ev["cell_id"].astype(str).to_numpy(dtype=object)
+            ev["cell_id"] = cells
             anchors = np.where(ev["station"].to_numpy() == "winding", ts_ns(ev["ts"]).astype("float64"), np.nan)
-            lotf, localf = lot_features(ev[["line", "ts"]], self._event_lots(ev, state), state.buffers,
-                                        self.lot_memory, anchors, self.stations.material_lags)
-            own = pd.concat([own_features(ev), localf], axis=1)
-            # accumulate: stored cell rows first, then this batch's events in arrival order
-            stored = state.cells.loc[state.cells.index.intersection(ev["cell_id"].unique())]
-            acc = pd.concat([
-                pd.DataFrame({"cell_id": stored.index.to_numpy(), "order": -1}
-                             ).join(stored[CARRIED_FEATURES].reset_index(drop=True)),
-                pd.DataFrame({"cell_id": ev["cell_id"].to_numpy(), "order": np.arange(len(ev))}
-                             ).join(own.reset_index(drop=True)),
-            ], ignore_index=True)
-            acc = acc.sort_values(["cell_id", "order"], kind="stable")
-            acc[CARRIED_FEATURES] = acc.groupby("cell_id", sort=False)[CARRIED_FEATURES].ffill()
-            rows = acc.loc[acc["order"] >= 0].set_index("order").sort_index()
+            lotf, localf = lot_features(ev[["line", "ts"]], self._event_lots(cells, ev["tags"], state),
+                                        state.buffers, self.lot_memory, anchors, self.stations.material_lags)
+            own = np.hstack([own_features(ev).to_numpy(dtype="float64"), localf.to_numpy(dtype="float64")])
+            rows, last = _carry_forward(cells, own, state.cells.rows)
             feats = pd.concat([
                 ev[["cell_id", "station", "line", "ts"]],
                 pd.DataFrame({"stage": ev["station"].map(STAGE).to_numpy(dtype="float64")}),
-                rows[CARRIED_FEATURES].reset_index(drop=True), lotf.reset_index(drop=True)], axis=1)
-            # the open cells' new state: their last accumulated row
-            last = rows.assign(cell_id=ev["cell_id"].to_numpy(), line=ev["line"].to_numpy(),
-                               last_ts=ev["ts"].to_numpy(), arrival=ev["arrival"].to_numpy())
-            last = last.drop_duplicates("cell_id", keep="last").set_index("cell_id")
-            last = last[["line", "last_ts", "arrival", *CARRIED_FEATURES]]
-            cells = state.cells.drop(index=state.cells.index.intersection(last.index))
-            state.cells = last if cells.empty else pd.concat([cells, last])
+                pd.DataFrame(rows, columns=CARRIED_FEATURES), lotf.reset_index(drop=True)], axis=1)
+            # the open cells' new state: their last accumulated row and the arrival number of their last event
+            ev_arrival = arrival[ev_idx]
+            for c, i in last.items():
+                state.cells.rows[c] = rows[i].copy()
+                state.cells.arrival[c] = int(ev_arrival[i])
         if is_eol.any():
-            closed = pd.Index(r["cell_id"].to_numpy()[is_eol].astype(str))
-            state.cells = state.cells.drop(index=state.cells.index.intersection(closed))
-            state.cell_lots = state.cell_lots.loc[~state.cell_lots["cell_id"].isin(closed)]
+            state.cells.close(cell.to_numpy()[is_eol].astype(str))
         return feats
 
-    def _event_lots(self, ev: pd.DataFrame, state: ScoringState) -> pd.DataFrame:
+    @staticmethod
+    def _event_lots(cells: np.ndarray, tags: pd.Series, state: ScoringState) -> pd.DataFrame:
         """(event, lot) rows: the lots a cell's earlier readings named plus those of its events so far.
 
         Updates the open cells' lots in ``state``.
         """
-        new_lots = _long_lots(ev["cell_id"].to_numpy(), lots_of(ev["tags"], parents=True))
-        known = state.cell_lots.loc[state.cell_lots["cell_id"].isin(ev["cell_id"].unique())]
-        all_lots = pd.concat([known.assign(order=-1), new_lots], ignore_index=True)
-        event_lots = pd.DataFrame({"event": np.arange(len(ev)), "cell_id": ev["cell_id"].to_numpy()}).merge(
-            all_lots, on="cell_id")
-        event_lots = event_lots.loc[event_lots["order"].to_numpy() <= event_lots["event"].to_numpy(),
-                                    ["event", "lot"]]
-        state.cell_lots = pd.concat([state.cell_lots, new_lots[["cell_id", "lot"]]],
-                                    ignore_index=True).drop_duplicates()
-        return event_lots
+        new = lots_of(tags, parents=True)
+        so_far: dict[str, list[str]] = {}
+        events: list[int] = []
+        lots: list[str] = []
+        for i, (c, named) in enumerate(zip(cells, new, strict=True)):
+            seen = so_far.get(c)
+            if seen is None:
+                seen = so_far[c] = list(state.cells.lots.get(c, ()))
+            seen.extend(named)
+            events.extend([i] * len(seen))
+            lots.extend(seen)
+        for c, seen in so_far.items():
+            if seen:
+                state.cells.lots[c] = list(dict.fromkeys(seen))
+        return pd.DataFrame({"event": np.asarray(events, dtype="int64"), "lot": np.asarray(lots, dtype=object)})
 
     def _predict(self, feats: pd.DataFrame) -> pd.DataFrame:
         if feats.empty or self.defect is None:
@@ -370,9 +379,7 @@ class LineScorer:
                 keep = buf["pos"].to_numpy() > newest.to_numpy() - self._buffer_keep
                 if not keep.all():
                     state.buffers[name] = buf.loc[keep].reset_index(drop=True)
-        if len(state.cells) > self.max_open_cells:
-            state.cells = state.cells.sort_values("arrival", kind="stable").iloc[-self.max_open_cells:]
-            state.cell_lots = state.cell_lots.loc[state.cell_lots["cell_id"].isin(state.cells.index)]
+        state.cells.keep_newest(self.max_open_cells)
 
     # ------------------------------------------------------------------------------------------ bands
     def bands(self) -> pd.DataFrame:
@@ -392,13 +399,27 @@ class LineScorer:
         return pd.concat(frames, ignore_index=True)[BAND_COLUMNS]
 
 
-def _long_lots(cells: np.ndarray, lots: list[tuple[str, ...]]) -> pd.DataFrame:
-    """(cell_id, lot, order) rows: ``order`` is the event's position in the batch."""
-    counts = np.fromiter((len(x) for x in lots), dtype=np.int64, count=len(lots))
-    order = np.repeat(np.arange(len(lots)), counts)
-    flat = np.fromiter((lot for x in lots for lot in x), dtype=object, count=int(counts.sum()))
-    return pd.DataFrame({"cell_id": cells[order] if len(order) else np.empty(0, dtype=object), "lot": flat,
-                         "order": order})
+def _carry_forward(cells: np.ndarray, own: np.ndarray, stored: dict[str, np.ndarray]
+                   ) -> tuple[np.ndarray, dict[str, int]]:
+    """Per event, the cell's features so far: per column the latest non-NaN value of the cell's stored row, its
+    earlier events in the batch and the event's own row. Returns the rows (events x columns) and, per cell, the
+    position of its last event."""
+    codes, uniq = pd.factorize(cells, sort=False)
+    have = [k for k, c in enumerate(uniq) if c in stored]
+    n_ev, n_col = own.shape
+    m = np.vstack([np.asarray([stored[uniq[k]] for k in have]).reshape(len(have), n_col), own])
+    key = np.r_[np.asarray(have, dtype=np.int64), codes]
+    order = np.r_[np.full(len(have), -1, dtype=np.int64), np.arange(n_ev)]
+    perm = np.lexsort((order, key))
+    m, key, order = m[perm], key[perm], order[perm]
+    pos = np.arange(len(m))
+    group_start = np.maximum.accumulate(np.where(np.r_[True, key[1:] != key[:-1]], pos, 0))
+    latest = np.maximum.accumulate(np.where(np.isnan(m), -1, pos[:, None]), axis=0)
+    filled = np.where(latest >= group_start[:, None], m[np.maximum(latest, 0), np.arange(n_col)], np.nan)
+    rows = np.empty((n_ev, n_col))
+    is_event = order >= 0
+    rows[order[is_event]] = filled[is_event]
+    return rows, {c: i for i, c in enumerate(cells)}
 
 
 # ---------------------------------------------------------------------------------------------- loading
