@@ -205,23 +205,30 @@ def process(decoded: Decoded, window: WindowState, store: Store | None, n_messag
 
 # ------------------------------------------------------------------------------------- JSON messages
 
+#: columns holding JSON text that is embedded as JSON (not as a string) in output messages
+_JSON_COLUMNS = ("top_sensors", "sensors", "top_features")
+
+
+def _json_column(s: pd.Series) -> list[Any]:
+    """One column's values for orjson: times as ISO-8601 UTC text, missing values as None, JSON text embedded."""
+    if isinstance(s.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(s):
+        from cellwatch.ingest.store import _time_text
+
+        return _time_text(s).tolist()
+    if s.dtype.kind in "fiub":  # NumPy numbers/bools: tolist gives Python scalars; orjson writes NaN as null
+        return s.tolist()
+    values = s.astype(object).where(s.notna(), None).tolist()
+    if s.name in _JSON_COLUMNS:
+        fragment = orjson.Fragment
+        return [fragment(v) if isinstance(v, str) and v[:1] in "[{" else v for v in values]
+    return values
+
+
 def json_messages(frame: pd.DataFrame) -> list[bytes]:
     """Rows as JSON objects (times ISO-8601 UTC, NaN as null) for the output topics."""
     if frame is None or frame.empty:
         return []
-    out = frame.copy()
-    for c in out.columns:
-        if isinstance(out[c].dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(out[c]):
-            t = pd.to_datetime(out[c], utc=True)
-            out[c] = t.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ").where(t.notna(), None)
-    out = out.astype(object).where(out.notna(), None)
-    cols = list(out.columns)
-    opt = orjson.OPT_SERIALIZE_NUMPY
-
-    def conv(v: Any) -> Any:
-        return orjson.Fragment(v) if isinstance(v, str) and v[:1] in "[{" else v
-
-    json_cols = {c for c in cols if c in ("top_sensors", "sensors", "top_features")}
-    return [orjson.dumps({c: (conv(v) if c in json_cols else v) for c, v in zip(cols, row, strict=True)},
-                         option=opt)
-            for row in out.itertuples(index=False, name=None)]
+    cols = [str(c) for c in frame.columns]
+    columns = [_json_column(frame[c]) for c in frame.columns]
+    dumps, opt = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
+    return [dumps(dict(zip(cols, row, strict=True)), option=opt) for row in zip(*columns, strict=True)]
