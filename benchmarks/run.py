@@ -204,6 +204,7 @@ def _service_run(models: Path, tr: str, tc: str, rid: str, n: int, workers: int,
         C.wait_scored(schema, n, procs, timeout_s, sample=sample)
         cpu = sum(C.cpu_seconds(p.pid) for p in procs) - sum(first_cpu or [0.0] * workers)
         rate = C.steady_rate(schema)
+        n = rate["scored"]  # what was scored when the processes were sampled (>= n: the last batch may overshoot)
         e2e = C.pg("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY batch_ms), count(*) FROM pipeline_stats",
                    schema)
     finally:
@@ -240,6 +241,11 @@ def _client_flag(client: str) -> list[str]:
     return ["--kafka-client", client]
 
 
+def _service_readings(args, nr: int) -> int:
+    """Readings each service run consumes from the pre-loaded topic: all, or the first ``--service-readings``."""
+    return min(nr, args.service_readings) if args.service_readings else nr
+
+
 def bench_b2(args, rep: C.Report, keep_topic: bool = False) -> dict:
     """(a) bare consumers of both clients, (b) ``cellwatch run`` with each client; ratios b/a per client."""
     n = 30_000 if args.quick else args.readings
@@ -263,11 +269,13 @@ def bench_b2(args, rep: C.Report, keep_topic: bool = False) -> dict:
                                                                             1), "x")
         for client in clients:
             load = C.load_average()
-            svc = _service_run(models, tr, tc, rid, nr, 1, args.timeout, extra=_client_flag(client))
+            svc = _service_run(models, tr, tc, rid, _service_readings(args, nr), 1, args.timeout,
+                               extra=_client_flag(client))
             out["service"][client] = svc
             svc_rate = svc["first_to_last_rate"]
             tag = f"(b) cellwatch run --kafka-client {client}"
-            rep.add("B2", f"{tag}, all sinks (first -> last batch), load {load:.1f}", svc_rate, "readings/s")
+            rep.add("B2", f"{tag}, all sinks, first {svc['scored']:,} readings of the topic (first -> last batch), "
+                          f"load {load:.1f}", svc_rate, "readings/s")
             rep.add("B2", f"{tag}, steady 10 %-90 %", svc["steady_rate"], "readings/s")
             rep.add("B2", f"{tag}, per CPU second of the service", svc["cpu_rate"], "readings/CPU-s")
             ratio = svc_rate / rate["kafka-python"]
@@ -302,11 +310,13 @@ def bench_b5(args, rep: C.Report, prepared: dict | None = None) -> None:
         for client in _clients(args):
             flag = _client_flag(client)
             load = C.load_average()
-            one = ones.get(client) or _service_run(models, tr, tc, rid, nr, 1, args.timeout, extra=flag)
-            two = _service_run(models, tr, tc, rid, nr, 2, args.timeout, extra=flag)
+            k = _service_readings(args, nr)
+            one = ones.get(client) or _service_run(models, tr, tc, rid, k, 1, args.timeout, extra=flag)
+            two = _service_run(models, tr, tc, rid, k, 2, args.timeout, extra=flag)
             ratio = two["steady_rate"] / one["steady_rate"]
             tag = f"[{client}]"
-            rep.add("B5", f"{tag} 1 x cellwatch run, {nr:,} readings, 4 partitions, steady, load {load:.1f}",
+            rep.add("B5", f"{tag} 1 x cellwatch run, first {one['scored']:,} of {nr:,} readings, 4 partitions, steady, "
+                          f"load {load:.1f}",
                     one["steady_rate"], "readings/s")
             rep.add("B5", f"{tag} 2 x cellwatch run in one group, steady", two["steady_rate"], "readings/s")
             rep.add("B5", f"{tag} speed-up 2 vs 1 (steady 10 %-90 %)", round(ratio, 2), "x", ">= 1.7x", ratio >= 1.7)
@@ -456,6 +466,9 @@ def bench_b4(args, rep: C.Report) -> None:
             samples.append((time.monotonic() - t0, done, C.rss_bytes(proc.pid)))
             if done >= nr * 0.995 and C.count(schema, "readings") >= nr:
                 break
+            if args.b4_minutes and time.monotonic() - t0 > args.b4_minutes * 60:
+                print(f"B4: time budget reached after {done:,} readings", flush=True)
+                break
             if proc.poll() is not None:
                 raise RuntimeError("cellwatch run exited")
             if time.monotonic() - t0 > args.timeout * 5:
@@ -466,6 +479,7 @@ def bench_b4(args, rep: C.Report) -> None:
         C.drop_schema(schema)
         C.delete_topics([tr, tc, *C.output_topics(rid)])
     s = np.array(samples, dtype="float64")
+    nr_topic, nr = nr, max(1, int(s[:, 1].max()))  # readings committed by the service (all, or within the budget)
 
     def rss_at(frac: float) -> float:
         """Median RSS of the samples within 10 % of progress up to ``frac`` (single samples swing with batches)."""
@@ -477,14 +491,16 @@ def bench_b4(args, rep: C.Report) -> None:
     tail = s[s[:, 1] >= 0.1 * nr]
     slope = np.polyfit(tail[:, 1] / 1e6, tail[:, 2] / 2**20, 1)[0] if len(tail) >= 3 else float("nan")
     growth = rss_at(1.0) - rss_at(0.1)
-    rep.add("B4", f"--kafka-client {client}, load at start {load:.1f}", nr, "readings")
+    rep.add("B4", f"readings committed (of {nr_topic:,} pre-loaded), --kafka-client {client}, "
+                  f"{s[-1, 0] / 60:.0f} min, load at start {load:.1f}", nr, "readings")
     rep.add("B4", f"RSS at 10 % of {nr:,} readings (median of the samples 0-10 %)", rss_at(0.1), "MiB")
     rep.add("B4", "RSS at 50 % (median 40-50 %)", rss_at(0.5), "MiB")
     rep.add("B4", "RSS at 100 % (median 90-100 %)", rss_at(1.0), "MiB")
     rep.add("B4", "largest RSS sample (transient per-batch allocations)", float(s[:, 2].max()) / 2**20, "MiB")
     rep.add("B4", "RSS slope 10 % -> 100 % (least squares)", round(slope, 1), "MiB per M readings",
             "flat (< 10 % growth)", growth < 0.1 * rss_at(0.1))
-    rep.details["B4"] = {"readings": nr, "client": client, "load_average": load, "samples": samples}
+    rep.details["B4"] = {"readings": nr, "preloaded": nr_topic, "client": client, "load_average": load,
+                         "samples": samples}
 
 
 # ================================================================================================ B6
@@ -598,6 +614,10 @@ def main() -> None:
         p.add_argument("--b1-readings", type=int, default=200_000, help="B1 data size (readings)")
         p.add_argument("--readings", type=int, default=1_000_000, help="B2/B5 topic size (readings)")
         p.add_argument("--b4-readings", type=int, default=5_000_000, help="B4 run length")
+        p.add_argument("--service-readings", type=int, default=0,
+                       help="B2/B5: each service run stops after this many readings of the topic (0 = all)")
+        p.add_argument("--b4-minutes", type=float, default=0,
+                       help="B4: stop after this many minutes (0 = when every reading is stored)")
         p.add_argument("--clients", default="kafka-python,confluent",
                        help="B2/B3/B5: the service's Kafka clients to measure, comma-separated")
         p.add_argument("--b4-client", choices=("kafka-python", "confluent"),
