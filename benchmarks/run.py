@@ -3,6 +3,7 @@
     eval "$(scripts/services env)"
     python benchmarks/run.py b1 [--quick] [--models models/] [--json b1.json]
     python benchmarks/run.py b2|b3|b4|b5|b6 [--quick] ...
+    python benchmarks/run.py b25 [--service-readings K]              # B2 then B5 on the same pre-loaded topic
     python benchmarks/run.py all [--quick] --json perf.json
     python benchmarks/run.py profile core|service [--quick]       # pyinstrument / py-spy
 
@@ -601,7 +602,7 @@ def profile(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("b1", "b2", "b3", "b4", "b5", "b6", "all", "profile"):
+    for name in ("b1", "b2", "b3", "b4", "b5", "b6", "b25", "all", "profile"):
         p = sub.add_parser(name)
         p.add_argument("--quick", action="store_true", help="small sizes (while others use the machine)")
         p.add_argument("--models", help="model registry (default: trained once on 4 h x 1 line, cached)")
@@ -641,7 +642,7 @@ def main() -> None:
     rep = C.Report()
     rep.details["load_average_start"] = C.load_average()
     rep.details["started"] = pd.Timestamp.now(tz="UTC").isoformat()
-    todo = ("b1", "b2", "b5", "b3", "b4", "b6") if args.cmd == "all" else (args.cmd,)
+    todo = {"all": ("b1", "b2", "b5", "b3", "b4", "b6"), "b25": ("b2", "b5")}.get(args.cmd, (args.cmd,))
     prepared = None
     for name in todo:
         print(f"--- {name.upper()} (load average {C.load_average():.1f})", flush=True)
