@@ -196,18 +196,31 @@ def _as_series(X) -> np.ndarray:
 
 def _prior_counts(key: np.ndarray, known: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """How often each row's key occurred before that row: stored count + earlier occurrences in this batch."""
-    pos = np.searchsorted(known, key)
-    hit = pos < known.size
-    hit[hit] = known[pos[hit]] == key[hit]
-    stored = np.where(hit, counts[np.minimum(pos, max(known.size - 1, 0))] if known.size else 0, 0)
-    return stored + pd.Series(key).groupby(key).cumcount().to_numpy()
+    stored = np.zeros(key.size, dtype=np.int64)
+    if known.size:
+        pos = np.minimum(np.searchsorted(known, key), known.size - 1)
+        hit = known[pos] == key
+        stored[hit] = counts[pos[hit]]
+    order = np.argsort(key, kind="stable")  # earlier rows first within equal keys
+    sorted_key = key[order]
+    idx = np.arange(key.size)
+    first = np.ones(key.size, dtype=bool)
+    first[1:] = sorted_key[1:] != sorted_key[:-1]
+    earlier = np.empty(key.size, dtype=np.int64)
+    earlier[order] = idx - np.maximum.accumulate(np.where(first, idx, 0))
+    return stored + earlier
 
 
 def _merge_counts(known: np.ndarray, counts: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    merged, inverse = np.unique(np.concatenate([known, key]), return_inverse=True)
-    total = np.bincount(inverse, weights=np.concatenate([counts, np.ones(key.size, np.int64)]),
-                        minlength=merged.size)
-    return merged, total.astype(np.int64)
+    """Add this batch's keys to the sorted key/count arrays (no re-sort of what is known)."""
+    new_keys, new_counts = np.unique(key, return_counts=True)
+    pos = np.searchsorted(known, new_keys)
+    hit = np.zeros(new_keys.size, dtype=bool)
+    inside = pos < known.size
+    hit[inside] = known[pos[inside]] == new_keys[inside]
+    counts = counts.copy()
+    np.add.at(counts, pos[hit], new_counts[hit])
+    return np.insert(known, pos[~hit], new_keys[~hit]), np.insert(counts, pos[~hit], new_counts[~hit])
 
 
 def _burst_z(f: np.ndarray, short: int, long: int) -> np.ndarray:
