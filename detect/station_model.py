@@ -37,6 +37,7 @@ from cellwatch.detect.ensemble import MEMBERS, FeatureEnsemble
 from cellwatch.detect.explain import sensor_contributions, top_sensors_json
 from cellwatch.detect.features import FEATURES, RobustScaler, feature_names, reference_std, window_features
 from cellwatch.detect.quality import QualityChecker
+from cellwatch.detect.warmup import MIN_RESUME_GAP_S, RESUME_GAP_STEPS, WarmupProfile, seconds_since_resume
 
 SCORE_COLUMNS = ("anomaly_score", "is_anomaly", "kind", "top_sensors")
 _NO_LINE = "_"
@@ -48,6 +49,8 @@ class WindowState:
 
     values: dict[str, np.ndarray] = field(default_factory=dict)
     times: dict[str, np.ndarray] = field(default_factory=dict)
+    #: per line: time of the stream's first reading when that start looked like a restart (warm-up), else absent
+    started: dict[str, float] = field(default_factory=dict)
 
 
 def _epoch_seconds(ts: pd.Series | None, n: int) -> np.ndarray:
@@ -75,14 +78,15 @@ class StationModel:
     stuck run), ``score_decades`` (tail probability 10**-decades maps to score 1), ``scale_floor`` (smallest
     feature scale), ``drift_allowance`` (0 = off; >0 widens the scale of features that drifted between the two
     halves of the training data by that many times the drift - for short training data of a drifting process),
-    ``seconds_per_row`` (time step assumed when readings carry no time).
+    ``seconds_per_row`` (time step assumed when readings carry no time), ``warmup`` (learn the restart warm-up
+    profile, :mod:`cellwatch.detect.warmup`, so the transients after stops and changeovers are normal).
     """
 
     def __init__(self, sensors: list[str] | None = None, window: int = 20, alert_budget: float = 1.0,
                  k: int = 3, n: int = 5, close_after: int = 10, members: tuple[str, ...] = MEMBERS,
                  validation_fraction: float = 0.25, min_stuck: int = 10, random_state: int = 0,
                  seconds_per_row: float = 1.0, scale_floor: float = 0.1, score_decades: float = SCORE_DECADES,
-                 drift_allowance: float = 0.0):
+                 drift_allowance: float = 0.0, warmup: bool = True):
         self.sensors = sensors
         self.window = window
         self.alert_budget = alert_budget
@@ -97,6 +101,7 @@ class StationModel:
         self.scale_floor = scale_floor
         self.score_decades = score_decades
         self.drift_allowance = drift_allowance
+        self.warmup = warmup
 
     # ------------------------------------------------------------------------------------------ helpers
     def _choose_sensors(self, train: pd.DataFrame) -> list[str]:
@@ -123,8 +128,34 @@ class StationModel:
                 for s in self.sensors_]
         return np.column_stack(cols) if cols else np.zeros((len(frame), 0))
 
-    def _line_features(self, raw_ctx: np.ndarray, n_out: int) -> np.ndarray:
-        return window_features(self.scaler_.transform(raw_ctx), n_out, self.window, self.ref_std_)
+    def _since(self, times: np.ndarray, started: float = np.nan) -> np.ndarray:
+        """Seconds since the stream (one line, time order) resumed after a stop; inf without a warm-up profile."""
+        profile = getattr(self, "warmup_", None)
+        if profile is None:
+            return np.full(len(times), np.inf)
+        return seconds_since_resume(times, profile.resume_gap_, started)
+
+    def _start_time(self, raw_first: np.ndarray, t_first: float) -> float:
+        """``t_first`` when a stream's first reading looks like a restart (see WarmupProfile.starts_warm), else NaN."""
+        profile = getattr(self, "warmup_", None)
+        if profile is None or not np.isfinite(t_first):
+            return np.nan
+        return t_first if profile.starts_warm(self.scaler_.transform(raw_first[None, :])[0]) else np.nan
+
+    def _z(self, raw: np.ndarray, since: np.ndarray) -> np.ndarray:
+        """Robust z of raw readings, relative to the restart warm-up where one is learnt."""
+        z = self.scaler_.transform(raw)
+        profile = getattr(self, "warmup_", None)
+        return z if profile is None else profile.adjust(z, since)
+
+    def _line_features(self, raw_ctx: np.ndarray, n_out: int, times_ctx: np.ndarray,
+                       started: float = np.nan) -> np.ndarray:
+        """Window features of the last ``n_out`` rows of one line's context (raw values, epoch times)."""
+        since = self._since(times_ctx, started)
+        keep = n_out + self.window - 1  # the features look back window - 1 readings
+        F = window_features(self._z(raw_ctx[-keep:], since[-keep:]), n_out, self.window, self.ref_std_)
+        profile = getattr(self, "warmup_", None)
+        return F if profile is None else profile.adjust_features(F, since[-n_out:])
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None, shift_hours: float = 8.0,
@@ -135,7 +166,9 @@ class StationModel:
         if not 0 < self.k <= self.n:
             raise ValueError(f"need 0 < k <= n, got k={self.k}, n={self.n}")
         self.sensors_ = self._choose_sensors(train)
-        self.history_ = int(max(self.window, 2 * self.min_stuck, 3 * self.window))
+        #: readings of context the features and data-quality checks look back over
+        self.context_ = int(max(self.window, 2 * self.min_stuck, 3 * self.window))
+        self.history_ = self.context_
         keep = np.ones(len(train), dtype=bool) if exclude is None else ~np.asarray(exclude, dtype=bool)
         if len(keep) != len(train):
             raise ValueError("exclude mask must have one entry per training row")
@@ -148,7 +181,7 @@ class StationModel:
         fit_part = np.zeros(len(train), dtype=bool)
         for _, idx in lines:
             bad = (~keep[idx]).astype(float)
-            dirty = np.convolve(bad, np.ones(self.history_), mode="full")[: len(idx)] > 0
+            dirty = np.convolve(bad, np.ones(self.context_), mode="full")[: len(idx)] > 0
             clean[idx] = ~dirty
             cut = len(idx) if validation is not None else round(len(idx) * (1 - self.validation_fraction))
             fit_part[idx[:cut]] = True
@@ -159,28 +192,50 @@ class StationModel:
             raise ValueError(f"only {int(fit_rows.sum())} clean training rows; need at least 10")
 
         self.scaler_ = RobustScaler.fit(raw[fit_rows])
+        dts = [np.diff(times[idx]) for _, idx in lines]
+        dt_all = np.concatenate(dts) if dts else np.zeros(0)
+        dt_all = dt_all[np.isfinite(dt_all) & (dt_all > 0)]
+        self.median_dt_ = float(np.median(dt_all)) if dt_all.size else float(self.seconds_per_row)
         z = self.scaler_.transform(raw)
+        self.warmup_ = None
+        if self.warmup and dt_all.size:
+            gap = max(RESUME_GAP_STEPS * self.median_dt_, MIN_RESUME_GAP_S)
+            since = np.full(len(train), np.inf)
+            for _, idx in lines:
+                since[idx] = seconds_since_resume(times[idx], gap)
+            profile = WarmupProfile.fit(z[fit_rows], since[fit_rows], gap)
+            if profile.active:
+                # a line whose first training reading came right after a restart counts from it too
+                for _, idx in lines:
+                    if len(idx) and np.isfinite(times[idx[0]]) and profile.starts_warm(z[idx[0]]):
+                        since[idx] = seconds_since_resume(times[idx], gap, times[idx[0]])
+                self.warmup_ = profile
+                z = profile.adjust(z, since)
+                # the state keeps enough readings to see the last resume up to the profile's horizon
+                rows_in_horizon = max((int((np.arange(len(idx)) - np.searchsorted(times[idx], times[idx]
+                                       - profile.horizon)).max()) + 2 for _, idx in lines if len(idx)), default=0)
+                self.history_ = int(max(self.context_, min(rows_in_horizon, 50_000)))
         self.ref_std_ = reference_std([z[idx][fit_rows[idx]] for _, idx in lines], self.window)
         F = np.empty((len(train), len(FEATURES) * len(self.sensors_)))
         for _, idx in lines:
             F[idx] = window_features(z[idx], len(idx), self.window, self.ref_std_)
+        if self.warmup_ is not None:
+            self.warmup_.fit_features(F[fit_rows], since[fit_rows])
+            F = self.warmup_.adjust_features(F, since)
         self.ensemble_ = FeatureEnsemble(self.members, self.random_state, self.scale_floor,
                                          self.drift_allowance).fit(F[fit_rows])
 
-        dts = [np.diff(times[idx]) for _, idx in lines]
         self.quality_ = QualityChecker.fit(self.sensors_, [raw[idx][fit_rows[idx]] for _, idx in lines],
                                            np.concatenate(dts) if dts else np.zeros(0),
-                                           self.min_stuck, self.history_)
-        dt_all = np.concatenate(dts) if dts else np.zeros(0)
-        dt_all = dt_all[np.isfinite(dt_all) & (dt_all > 0)]
-        self.median_dt_ = float(np.median(dt_all)) if dt_all.size else float(self.seconds_per_row)
+                                           self.min_stuck, self.context_)
 
         # held-out clean data: calibration of every member, then the alert-budget threshold
         if validation is not None:
             v_raw, v_times = self._raw(validation), _epoch_seconds(validation.get("ts"),
                                                                     len(validation))
             v_lines = self._split_lines(validation)
-            v_feats = [self._line_features(v_raw[idx], len(idx)) for _, idx in v_lines]
+            v_feats = [self._line_features(v_raw[idx], len(idx), v_times[idx],
+                                           self._start_time(v_raw[idx[0]], v_times[idx[0]])) for _, idx in v_lines]
             v_time = [v_times[idx] for _, idx in v_lines]
         else:
             held = clean & ~fit_part
@@ -205,6 +260,9 @@ class StationModel:
             "sensors": self.sensors_, "window": self.window, "history": self.history_, "k": self.k, "n": self.n,
             "close_after": self.close_after, "alert_budget": self.alert_budget, "shift_hours": shift_hours,
             "threshold": self.threshold_, "members": list(self.ensemble_.active_),
+            "warmup": None if self.warmup_ is None else {
+                "resume_gap_s": self.warmup_.resume_gap_, "horizon_s": self.warmup_.horizon,
+                "rows_per_bin": self.warmup_.rows_.tolist()},
             "train_rows": int(fit_rows.sum()), "validation_rows": len(F_cal),
             "validation_hours": round(hours, 3), "allowed_false_incidents": round(allowed, 3),
         }
@@ -235,7 +293,13 @@ class StationModel:
             for line, idx in self._split_lines(recent):
                 state.values[line] = raw[idx][-self.history_:].copy()
                 state.times[line] = times[idx][-self.history_:].copy()
+                started = self._start_time(raw[idx[0]], times[idx[0]])
+                if np.isfinite(started):
+                    state.started[line] = started
         return state
+
+    def _context(self) -> int:
+        return int(getattr(self, "context_", self.history_))  # models saved before context_ existed
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "threshold_"):
@@ -262,9 +326,13 @@ class StationModel:
             tail_t = state.times.get(line, np.zeros(0))
             ctx_v = np.concatenate([tail_v, raw[idx]], axis=0)
             ctx_t = np.concatenate([tail_t, times[idx]])
-            F[idx] = self._line_features(ctx_v, len(idx))
+            if line not in state.times:  # a new stream: did it start with a restart?
+                started = self._start_time(raw[idx[0]], times[idx[0]])
+                if np.isfinite(started):
+                    state.started[line] = started
+            F[idx] = self._line_features(ctx_v, len(idx), ctx_t, state.started.get(line, np.nan))
             dt = np.diff(ctx_t, prepend=np.nan)[-len(idx):]
-            checks = self.quality_.check(ctx_v, len(idx), dt)
+            checks = self.quality_.check(ctx_v[-(len(idx) + self._context()):], len(idx), dt)
             for key in issues:
                 issues[key][idx] = checks[key]
             gap[idx] = checks["gap"]
