@@ -68,7 +68,9 @@ CHOICES = {
                 "/ {3, 4, 7, 10, 20} and 30/50/75/100/150/200 rows: /3../7 all 74.0-75.4, fixed rows <= 73.2",
     "not used": "relative-excess value scores, a 'quiet before' bonus, increment-over-recent-max suppression, "
                 "an hour-of-day context, value novelty of a rolling mean (6/12/24 rows) or rolling std or of the "
-                "first differences, adding instead of maxing the two parts: none improved the choice files",
+                "first differences, adding instead of maxing the two parts, a margin on the new-peak rule, a "
+                "prediction-error part (1 - P(bin | longest supported context)) through Numenta's likelihood "
+                "(+0.15 at best): none improved the choice files enough to keep",
     "threshold": "tuned per profile on the scored files by NAB's exact sweep (allowed by the protocol)",
 }
 
