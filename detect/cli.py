@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.set_defaults(func=_models)
 
     p = sub.add_parser("benchmark", help="run a public or simulated benchmark; print ours beside published figures",
-                       description="Benchmarks: skab, nab (station detectors), secom (LightGBM defect model, "
+                       description="Benchmarks: skab (tabular detector, 400-row train per file), nab (univariate "
+                                   "ContextNoveltyDetector, NAB scoring), secom (LightGBM defect model, "
                                    "leakage-free CV), simulator (train on one simulated dataset, test on another).")
     p.add_argument("name", choices=BENCHMARKS)
     p.add_argument("--data", help="dataset directory (default: ../shared/datasets/<name>; for simulator: a "
