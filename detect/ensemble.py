@@ -22,7 +22,7 @@ from pyod.models.iforest import IForest
 from pyod.models.pca import PCA
 
 from cellwatch.detect.calibration import TailCalibrator, combine
-from cellwatch.detect.fast_members import fast_iforest, hbos_decision_function
+from cellwatch.detect.fast_members import fast_iforest, hbos_decision_function, pca_decision_function
 
 MEMBERS = ("hbos", "iforest", "pca", "maxz", "ecdf")
 _FIT_ROWS = 20_000     # subsample for the model members (IForest/PCA/HBOS)
@@ -93,11 +93,13 @@ class FeatureEnsemble:
         return np.column_stack(cols) if cols else np.zeros((len(Z), 0))
 
     def _member_decision(self, m: str, Z: np.ndarray) -> np.ndarray:
-        """The member's PyOD ``decision_function``; IForest and HBOS through the faster equivalents of
+        """The member's PyOD ``decision_function``, through the faster equivalents of
         :mod:`cellwatch.detect.fast_members` (same scores)."""
         model = self.models_[m]
         if m == "hbos":
             return hbos_decision_function(model, Z)
+        if m == "pca":
+            return pca_decision_function(model, Z)
         if m == "iforest":
             if "_fast_iforest" not in self.__dict__:  # built once per loaded model, never pickled
                 self._fast_iforest = fast_iforest(model, Z.shape[1])
@@ -111,14 +113,17 @@ class FeatureEnsemble:
         return state
 
     def _ecdf_score(self, Z: np.ndarray) -> np.ndarray:
-        n_feat = Z.shape[1]
-        total = np.zeros(len(Z))
-        for j in range(n_feat):
-            cdf = np.interp(Z[:, j], self.quantiles_[:, j], _ECDF_GRID, left=0.0, right=1.0)
-            tail = np.clip(np.minimum(cdf, 1.0 - cdf), 1.0 / 512, 0.5)
-            beyond = np.maximum(np.maximum(self.quantiles_[0, j] - Z[:, j], Z[:, j] - self.quantiles_[-1, j]), 0.0)
-            total += -np.log(tail) + beyond  # keeps ordering beyond the observed range
-        return total
+        """Sum over features of -log(two-sided ECDF tail) + the distance beyond the observed range (which keeps
+        the ordering out there); summed in feature order (a cumulative sum), bit for bit the per-feature loop."""
+        q = self.quantiles_
+        if Z.shape[1] == 0:
+            return np.zeros(len(Z))
+        cdf = np.empty(Z.shape)
+        for j in range(Z.shape[1]):
+            cdf[:, j] = np.interp(Z[:, j], q[:, j], _ECDF_GRID, left=0.0, right=1.0)
+        tail = np.clip(np.minimum(cdf, 1.0 - cdf), 1.0 / 512, 0.5)
+        beyond = np.maximum(np.maximum(q[0] - Z, Z - q[-1]), 0.0)
+        return np.cumsum(-np.log(tail) + beyond, axis=1)[:, -1]
 
     def calibrate(self, F_cal: np.ndarray) -> FeatureEnsemble:
         """Fit each member's tail calibration on held-out clean features."""

@@ -10,7 +10,7 @@ from pyod.models.hbos import HBOS
 from pyod.models.iforest import IForest
 
 from cellwatch.detect.ensemble import FeatureEnsemble
-from cellwatch.detect.fast_members import fast_iforest, hbos_decision_function
+from cellwatch.detect.fast_members import _forest_depths, fast_iforest, hbos_decision_function, pca_decision_function
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +48,35 @@ def test_ensemble_scores_unchanged_and_pickle_has_no_cache(data):
     again = pickle.loads(pickle.dumps(ens))
     assert "_fast_iforest" not in again.__dict__
     np.testing.assert_allclose(again.raw_scores(clean), expected, rtol=0, atol=1e-12)
+
+
+def test_compiled_forest_walk_is_bitwise_the_per_tree_sum(data):
+    """The packed trees walked in one compiled loop reach the same leaves and sum the depths in the same order."""
+    train, test = data
+    model = IForest(n_estimators=60, max_samples=256, random_state=1).fit(train)
+    fast = fast_iforest(model, train.shape[1])
+    X32 = np.ascontiguousarray(test, dtype=np.float32)
+    # ties with the split thresholds themselves go left, like scikit-learn's `<=`
+    on_split = np.ascontiguousarray(np.tile(fast.threshold[:, 0].astype(np.float32)[:, None], (1, train.shape[1])))
+    for X in (X32, on_split):
+        np.testing.assert_array_equal(_forest_depths(X, fast.left, fast.right, fast.feature, fast.threshold,
+                                                     fast.leaf_depth, fast.max_depth), fast._depths_per_tree(X))
+    with_nan = test.copy()
+    with_nan[0, 3] = np.nan  # a batch with NaN takes scikit-learn's own routing (PyOD itself refuses NaN)
+    per_tree = fast._depths_per_tree(np.ascontiguousarray(with_nan, dtype=np.float32))
+    np.testing.assert_array_equal(fast.score_samples(with_nan),
+                                  -(2.0 ** (-per_tree / (len(fast.trees) * fast.denominator))))
+
+
+def test_pca_and_ecdf_members_bitwise_unchanged(data):
+    train, test = data
+    ens = FeatureEnsemble(members=("pca", "ecdf")).fit(train)
+    Z = ens._standardise(test)
+    np.testing.assert_array_equal(pca_decision_function(ens.models_["pca"], Z), ens.models_["pca"].decision_function(Z))
+    total = np.zeros(len(Z))
+    for j in range(Z.shape[1]):  # the per-feature loop the vectorised ecdf member replaced
+        q = ens.quantiles_[:, j]
+        cdf = np.interp(Z[:, j], q, np.linspace(0.0, 1.0, 257), left=0.0, right=1.0)
+        total += -np.log(np.clip(np.minimum(cdf, 1.0 - cdf), 1.0 / 512, 0.5)) + np.maximum(
+            np.maximum(q[0] - Z[:, j], Z[:, j] - q[-1]), 0.0)
+    np.testing.assert_array_equal(ens._ecdf_score(Z), total)
