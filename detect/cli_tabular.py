@@ -18,9 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--time-column", help="column with the row times (rows are put in time order)")
     fit.add_argument("--ignore", action="append", default=[], metavar="COL",
                      help="a column to leave out (repeatable, one column each)")
-    fit.add_argument("--window", type=int, default=20, help="readings per feature window (default 20)")
+    fit.add_argument("--detector", choices=("ensemble", "window-pca"), default="ensemble",
+                     help="ensemble: calibrated PyOD ensemble on window features, threshold from an alert budget, "
+                          "data-quality checks (default); window-pca: PCA residual (Q) control chart on short "
+                          "windows of all sensors, limit = factor x the 99%% training quantile")
+    fit.add_argument("--window", type=int, default=20, help="ensemble: readings per feature window (default 20)")
     fit.add_argument("--alert-budget", type=float, default=1.0,
-                     help="false incidents allowed per 8-hour shift on the held-out rows (default 1)")
+                     help="ensemble: false incidents allowed per 8-hour shift on the held-out rows (default 1)")
+    fit.add_argument("--lags", type=int, default=25, help="window-pca: readings per window (default 25)")
+    fit.add_argument("--factor", type=float, default=3.5,
+                     help="window-pca: control limit = factor x the 99%% training quantile (default 3.5)")
     fit.set_defaults(func=_fit)
 
     score = sub.add_parser("score", help="score a CSV with a detector trained by 'cellwatch fit'",
@@ -40,9 +47,15 @@ def _fit(args: argparse.Namespace) -> int:
         raise CellwatchError("--window must be at least 2")
     if args.alert_budget < 0:
         raise CellwatchError("--alert-budget must not be negative")
-    model = fit_table(args.input, args.time_column, args.ignore, window=args.window, alert_budget=args.alert_budget)
+    if args.detector == "window-pca":
+        if args.lags < 1 or args.factor <= 0:
+            raise CellwatchError("--lags must be at least 1 and --factor positive")
+        params = {"lags": args.lags, "factor": args.factor}
+    else:
+        params = {"window": args.window, "alert_budget": args.alert_budget}
+    model = fit_table(args.input, args.time_column, args.ignore, args.detector, **params)
     path = save_model(model, args.out)
-    print(f"model written to {path} ({len(model.sensors_)} sensors, threshold {model.threshold_:.3f}, "
+    print(f"{args.detector} model written to {path} ({len(model.sensors_)} sensors, threshold {model.threshold_:.3f}, "
           f"{model.metadata_['train_rows']} training rows)")
     return 0
 

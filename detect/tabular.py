@@ -1,15 +1,17 @@
 """Generic tabular mode: any CSV of numeric columns becomes one station whose columns are the sensors.
 
-``fit_table`` trains a :class:`StationModel` on such a file, ``score_table`` scores another file in time
-order with past-only context, ``save_model``/``load_model`` persist the detector.
+``fit_table`` trains a detector on such a file - the :class:`StationModel` ensemble (``detector="ensemble"``,
+the default) or the dynamic-PCA control chart :class:`WindowPCAModel` (``detector="window-pca"``);
+``score_table`` scores another file in time order with past-only context, ``save_model``/``load_model``
+persist the detector.
 
 Model format (``save_model``):
 
 * a directory ``MODEL/`` holding ``model.joblib`` (the pickled StationModel) and ``metadata.json``; or
 * a single file ``MODEL.joblib`` (or ``.pkl``) with the metadata beside it in ``MODEL.joblib.json``.
 
-``metadata.json`` records ``format`` (:data:`MODEL_FORMAT`), the cellwatch version, the sensors, the
-threshold and the training summary; loading refuses a different format or a file that is not a model.
+``metadata.json`` records ``format`` (:data:`MODEL_FORMAT`), the detector (``kind``), the cellwatch version,
+the sensors, the threshold and the training summary; loading refuses a different format or a file that is not a model.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pandas as pd
 
 from cellwatch import __version__
 from cellwatch.detect.station_model import StationModel
+from cellwatch.detect.window_pca import WindowPCAModel
 from cellwatch.errors import CellwatchError
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,9 @@ MODEL_FORMAT = "cellwatch-station-model/1"
 FIT_CELLS = 20_000_000
 SCORE_CHUNK_ROWS = 50_000
 OUTPUT_COLUMNS = ("anomaly_score", "is_anomaly", "top_sensors")
+#: ``cellwatch fit --detector`` choices -> detector class.
+DETECTORS = {"ensemble": StationModel, "window-pca": WindowPCAModel}
+TableModel = StationModel | WindowPCAModel
 
 
 def read_table(path: str | Path, time_column: str | None = None) -> pd.DataFrame:
@@ -101,8 +107,10 @@ def _time_order(df: pd.DataFrame, time_column: str | None) -> np.ndarray:
 
 
 def fit_table(path: str | Path, time_column: str | None = None, ignore: Sequence[str] = (),
-              **model_params) -> StationModel:
-    """Train a detector on the numeric columns of a CSV (one station; columns = sensors)."""
+              detector: str = "ensemble", **model_params) -> TableModel:
+    """Train a detector (:data:`DETECTORS`) on the numeric columns of a CSV (one station; columns = sensors)."""
+    if detector not in DETECTORS:
+        raise CellwatchError(f"unknown detector {detector!r}; choose from {', '.join(DETECTORS)}")
     df = read_table(path, time_column)
     unknown = [c for c in ignore if c not in df.columns]
     if unknown:
@@ -126,14 +134,14 @@ def fit_table(path: str | Path, time_column: str | None = None, ignore: Sequence
     if len(frame) < 50:
         raise CellwatchError(f"{path}: {len(frame)} rows are too few to learn from (need at least 50)")
     try:
-        model = StationModel(sensors=usable, **model_params).fit(frame)
+        model = DETECTORS[detector](sensors=usable, **model_params).fit(frame)
     except ValueError as exc:
         raise CellwatchError(f"{path}: {exc}") from None
     model.metadata_.update({"source": str(path), "time_column": time_column, "ignored": list(ignore)})
     return model
 
 
-def score_table(model: StationModel, path: str | Path, time_column: str | None = None) -> Iterator[pd.DataFrame]:
+def score_table(model: TableModel, path: str | Path, time_column: str | None = None) -> Iterator[pd.DataFrame]:
     """Score a CSV in time order with past-only context; yields chunks of the input rows plus the score columns.
 
     The time column defaults to the one the model was trained with.
@@ -164,7 +172,7 @@ def _paths(path: Path) -> tuple[Path, Path]:
     return path / "model.joblib", path / "metadata.json"
 
 
-def save_model(model: StationModel, path: str | Path) -> Path:
+def save_model(model: TableModel, path: str | Path) -> Path:
     """Write the model (directory, or single ``.joblib``/``.pkl`` file) and its JSON metadata."""
     path = Path(path)
     model_file, meta_file = _paths(path)
@@ -175,7 +183,7 @@ def save_model(model: StationModel, path: str | Path) -> Path:
     return model_file
 
 
-def load_model(path: str | Path) -> StationModel:
+def load_model(path: str | Path) -> TableModel:
     """Load a saved model; a missing path, another format or a file that is not a model is a CellwatchError."""
     path = Path(path)
     if not path.exists():
@@ -193,6 +201,6 @@ def load_model(path: str | Path) -> StationModel:
         model = joblib.load(model_file)
     except Exception as exc:  # unpickling errors come in many types
         raise CellwatchError(f"{model_file}: cannot load the model ({type(exc).__name__})") from None
-    if not isinstance(model, StationModel) or not hasattr(model, "threshold_"):
-        raise CellwatchError(f"{model_file}: does not hold a fitted StationModel")
+    if not isinstance(model, tuple(DETECTORS.values())) or not hasattr(model, "threshold_"):
+        raise CellwatchError(f"{model_file}: does not hold a fitted cellwatch detector")
     return model

@@ -23,13 +23,18 @@ def test_skab_files_and_split_follow_the_protocol():
 
 
 def test_run_skab_on_a_slice():
-    r = run_skab(DATASETS / "skab", files=["valve1/0.csv", "other/5.csv"])
+    r = run_skab(DATASETS / "skab", files=["valve1/0.csv", "valve2/0.csv"])
     ours = r["ours"]
-    assert r["dataset"] == "skab" and ours["files"] == 2
+    assert r["dataset"] == "skab" and r["detector"] == "window-pca" and ours["files"] == 2
     assert 0 <= ours["far"] <= 100 and 0 <= ours["mar"] <= 100
     assert ours["f1"] > 0.5  # two clear anomalies: a working detector finds most of both
-    assert ours["changepoints"] == 6  # valve1/0: 4, other/5: 2 (counted from the files)
-    assert "cellwatch (defaults)" in r["table"] and r["ours_untuned"]["files"] == 2 and "Conv-AE" in r["table"]
+    assert ours["changepoints"] == 8  # 4 in each file (counted from the files)
+    # the declared split: valve1 files choose, valve2 files are held out; both reported apart
+    assert ours["selection_files"]["files"] == 1 and ours["holdout_files"]["files"] == 1
+    assert ours["holdout_files"]["test_rows"] + ours["selection_files"]["test_rows"] == ours["test_rows"]
+    assert "choices" in r and r["settings"]["lags"] == 25
+    assert "cellwatch ensemble (defaults)" in r["table"] and "Conv-AE" in r["table"]
+    assert r["ours_ensemble"]["files"] == 2
     with pytest.raises(CellwatchError):
         run_skab(DATASETS / "skab", files=["valve9/0.csv"])
 
