@@ -64,3 +64,16 @@ def test_ber_definition():
 def test_load_secom_shape_and_labels():
     X, y, ts = load_secom(SECOM)
     assert X.shape == (1567, 590) and y.sum() == 104 and ts.is_monotonic_increasing
+
+
+def test_time_split_inner_folds_validate_on_later_rows_only():
+    from cellwatch.detect.bench_secom import inner_folds
+
+    y = np.tile([0, 0, 0, 1], 50)
+    folds = inner_folds(y, "time")
+    assert len(folds) == 5
+    for tr, va in folds:
+        assert tr.max() < va.min()  # the model never sees a run later than the ones it is validated on
+    strat = inner_folds(y, "stratified")
+    assert sorted(np.concatenate([va for _, va in strat]).tolist()) == list(range(len(y)))
+    assert all(abs(y[va].mean() - 0.25) < 0.05 for _, va in strat)
