@@ -10,6 +10,10 @@ A cell's feature row after station *k* (its **stage**) holds:
   material lots the cell was made from: ``{station}.lot_readings``, ``.lot_max_score``, ``.lot_mean_score``,
   ``.lot_anomalous`` (count), ``.lot_anomaly_rate``, ``.lot_runs`` (anomalous runs, an incident proxy) and
   ``.lot_mean.{sensor}`` (robust z as well);
+* for winding, the same lot statistics over the readings of *sibling* cells (cells sharing a lot with the cell,
+  e.g. its slurry batch): ``winding.lot_readings`` .. ``winding.lot_mean.{sensor}``, so a batch whose cells
+  show low insulation resistance (a contaminated batch no electrode sensor sees) raises the risk of every cell
+  made from it;
 * for coating, calendering and slitting, the same over the cell's *own stretch* of electrode:
   ``{station}.local_readings|local_max_score|local_mean_score`` and ``.local_mean|local_min|local_max.{sensor}``,
   the lot readings within a minute of the time the cell's material passed the station (its winding time minus
@@ -38,6 +42,12 @@ from cellwatch.stations import CELL_STATIONS, TIME_STATIONS, station
 FEATURE_STATIONS: tuple[str, ...] = tuple(s for s in CELL_STATIONS if s != "eol")
 #: Electrode (time-based) stations whose lot aggregates are genealogy features, upstream order.
 LOT_STATIONS: tuple[str, ...] = TIME_STATIONS
+#: Cell stations whose readings of *sibling* cells (cells sharing a lot with the cell) are genealogy features:
+#: a defect source no sensor sees (a contaminated slurry batch) shows in the batch's cells, e.g. as low insulation
+#: resistance at winding. Their readings only match the cell's own lots (they lead no further upstream).
+SIBLING_STATIONS: tuple[str, ...] = ("winding",)
+#: Stations whose recent scored readings the scorer keeps for the genealogy features.
+BUFFERED_STATIONS: tuple[str, ...] = (*LOT_STATIONS, *SIBLING_STATIONS)
 STAGE = {name: i + 1 for i, name in enumerate(FEATURE_STATIONS)}
 LOT_STATS = ("lot_readings", "lot_max_score", "lot_mean_score", "lot_anomalous", "lot_anomaly_rate", "lot_runs")
 
@@ -62,12 +72,25 @@ LOCAL_STATS = ("local_readings", "local_max_score", "local_mean_score")
 #: Electrode stations whose readings can be matched to the cell's own stretch of electrode (by material lag).
 LOCAL_STATIONS: tuple[str, ...] = tuple(s for s in LOT_STATIONS if s != "mixing")
 OWN_FEATURES: list[str] = [f for s in FEATURE_STATIONS for f in own_feature_names(s)]
-LOT_FEATURES: list[str] = [f for s in LOT_STATIONS for f in lot_feature_names(s)]
+LOT_FEATURES: list[str] = [f for s in BUFFERED_STATIONS for f in lot_feature_names(s)]
 LOCAL_FEATURES: list[str] = [f for s in LOCAL_STATIONS for f in local_feature_names(s)]
 #: Features a cell keeps from station to station (its own data and its electrode stretch, found at winding).
 CARRIED_FEATURES: list[str] = [*OWN_FEATURES, *LOCAL_FEATURES]
 #: Every feature of the defect model, in order.
 FEATURE_NAMES: list[str] = ["stage", *OWN_FEATURES, *LOCAL_FEATURES, *LOT_FEATURES]
+#: Features whose effect on the defect risk has one sign by the cell's physics (+1: a higher value never lowers
+#: the risk, -1: never raises it), for LightGBM's monotone constraints. Sensor features are robust z-scores, so
+#: the sign is the raw sensor's. Left out: two-sided effects (overhang: too little plates, too much costs capacity;
+#: formation temperature: cold plates, hot costs capacity) and values with no direct physical link to a defect.
+MONOTONE: dict[str, int] = {
+    "winding.winding_tension_cv_pct": 1, "winding.misalignment_mm": 1, "winding.tab_weld_energy_j": -1,
+    "winding.insulation_resistance_mohm": -1,        # burrs and shorts lower it
+    "filling.fill_weight_g": -1, "filling.dew_point_c": 1,  # underfill, moisture
+    "formation.formation_capacity_ah": -1, "formation.coulombic_efficiency_pct": -1,
+    "aging.k_value_mv_day": 1, "aging.ocv_end_v": -1,   # self-discharge
+    **{f"slitting.local_{agg}.burr_height_um": 1 for agg in ("mean", "min", "max")},
+    **{f"calendering.local_{agg}.electrode_density_g_cm3": 1 for agg in ("mean", "min", "max")},  # DCIR
+}
 
 
 def lots_of(tags: pd.Series, parents: bool = False) -> list[tuple[str, ...]]:
@@ -168,7 +191,8 @@ def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[s
         return frames()
     ev_line_str = events["line"].astype(str).to_numpy(dtype=object)
     ev_ts = ts_ns(events["ts"])
-    stations = [s for s in reversed(LOT_STATIONS)  # slitting first: it links the cell's rolls to their coils
+    # siblings first (the cell's own lots only), then slitting first: it links the cell's rolls to their coils
+    stations = [s for s in (*SIBLING_STATIONS, *reversed(LOT_STATIONS))
                 if buffers.get(s) is not None and not buffers[s].empty]
     flat = {}
     for name in stations:
@@ -234,6 +258,8 @@ def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[s
             if anchored.size:
                 _local(local, lcol, name, sensors, anchored, anchors[anchored] - lags[name] * 1e9, a, b, gr_g,
                        gr_row, group, buf, values, half_ns)
+        if name in SIBLING_STATIONS:
+            continue
         # the lots these readings carry (e.g. the coil of a roll) lead further upstream
         dptr = np.searchsorted(d_pair, np.arange(len(rng_key) + 1))
         ev_more, k = _expand(ev_has, dptr[dist], dptr[dist + 1])

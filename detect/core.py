@@ -26,10 +26,10 @@ import pandas as pd
 
 from cellwatch.contract import READING_KEYS
 from cellwatch.detect.cell_features import (
+    BUFFERED_STATIONS,
     CARRIED_FEATURES,
     FEATURE_NAMES,
     FEATURE_STATIONS,
-    LOT_STATIONS,
     STAGE,
     lot_features,
     lots_of,
@@ -265,13 +265,13 @@ class LineScorer:
         return scored, pd.DataFrame(zv, index=r.index, columns=columns)
 
     def _update_buffers(self, r: pd.DataFrame, scored: pd.DataFrame, state: ScoringState) -> None:
-        """Append the electrode stations' scored readings (z values, lots, stream positions, run starts)."""
+        """Append the buffered stations' scored readings (z values, lots, stream positions, run starts)."""
         stations = r["station"].to_numpy(dtype=object)
         lines = r["line"].to_numpy(dtype=object)
         ts = r["ts"].array
         scores = scored["anomaly_score"].to_numpy(dtype="float64")
         flags_all = scored["is_anomaly"].to_numpy(dtype=bool)
-        for name in LOT_STATIONS:
+        for name in BUFFERED_STATIONS:
             sel = np.flatnonzero(stations == name)
             if sel.size == 0:
                 continue

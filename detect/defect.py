@@ -56,6 +56,8 @@ class DefectModel:
     missed_defect_cost: float = 20.0    # a defective cell that leaves the line undetected (scrap/warranty)
     inspection_cost: float = 1.0        # inspecting (or re-testing) one flagged cell
     early_stopping_rounds: int = 50
+    balance_classes: bool = True        # scale_pos_weight = negatives / positives (else 1)
+    monotone: dict[str, int] | None = None  # feature -> +1/-1 monotone constraint (e.g. cell_features.MONOTONE)
     random_state: int = 0
     n_jobs: int = 1
 
@@ -79,12 +81,14 @@ class DefectModel:
         if y[is_val].all() or not y[is_val].any() or y[~is_val].all() or not y[~is_val].any():
             is_val = _stratified_cells(groups, y, self.validation_fraction, self.random_state)
         Xtr, ytr, Xva, yva = X[~is_val], y[~is_val], X[is_val], y[is_val]
-        self.scale_pos_weight_ = float((~ytr).sum() / max(1, ytr.sum()))
+        self.scale_pos_weight_ = float((~ytr).sum() / max(1, ytr.sum())) if self.balance_classes else 1.0
+        constraints = [int((self.monotone or {}).get(f, 0)) for f in self.features_]
         self.classifier_ = lgb.LGBMClassifier(
             objective="binary", n_estimators=self.n_estimators, learning_rate=self.learning_rate,
             num_leaves=self.num_leaves, min_child_samples=self.min_child_samples, subsample=self.subsample,
             subsample_freq=1, colsample_bytree=self.colsample_bytree, reg_lambda=self.reg_lambda,
             max_bin=self.max_bin, scale_pos_weight=self.scale_pos_weight_, random_state=self.random_state,
+            monotone_constraints=constraints if any(constraints) else None,
             n_jobs=self.n_jobs, verbose=-1)
         self.classifier_.fit(Xtr, ytr, eval_X=(Xva,), eval_y=(yva,), eval_metric="binary_logloss",
                              callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)])

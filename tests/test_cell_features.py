@@ -4,18 +4,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellwatch.detect.cell_features import LOCAL_FEATURES, LOT_FEATURES, LOT_STATIONS, lot_features
+from cellwatch.detect.cell_features import (
+    BUFFERED_STATIONS,
+    LOCAL_FEATURES,
+    LOT_FEATURES,
+    LOT_STATIONS,
+    SIBLING_STATIONS,
+    lot_features,
+)
 from cellwatch.stations import station
 
 T0 = pd.Timestamp("2026-01-01", tz="UTC")
 #: lots per station: slitting links rolls to coils (plus knives), coating coils to batches, mixing tags batches
 LINKS = {"slitting": lambda i: (f"C{i // 40}", f"K{i // 25}"), "calendering": lambda i: (f"C{i // 40}",),
-         "coating": lambda i: (f"C{i // 40}", f"B{i // 120}"), "mixing": lambda i: (f"B{i // 20 + 1}",)}
+         "coating": lambda i: (f"C{i // 40}", f"B{i // 120}"), "mixing": lambda i: (f"B{i // 20 + 1}",),
+         # sibling cells: their roll, coil and batch
+         "winding": lambda i: (f"R{i // 25}", f"C{i // 50}", f"B{i // 150}")}
 
 
 def _buffers(rng: np.random.Generator, n: int = 300) -> dict[str, pd.DataFrame]:
     out = {}
-    for name in LOT_STATIONS:
+    for name in BUFFERED_STATIONS:
         frames = []
         for line in ("L1", "L2"):
             i = np.arange(n)
@@ -40,7 +49,7 @@ def _reference(events, event_lots, buffers, lot_memory, anchors, lags, half_wind
     for e in range(len(events)):
         line, ts = events["line"].iloc[e], events["ts"].iloc[e]
         lots = set(event_lots.loc[event_lots["event"] == e, "lot"])
-        for name in reversed(LOT_STATIONS):
+        for name in (*SIBLING_STATIONS, *reversed(LOT_STATIONS)):
             buf = buffers[name]
             mine = buf.loc[buf["line"] == line]
             before = mine.loc[mine["ts"] <= ts]
@@ -70,7 +79,8 @@ def _reference(events, event_lots, buffers, lot_memory, anchors, lags, half_wind
                     for agg in ("mean", "min", "max"):
                         local.loc[e, [f"{name}.local_{agg}.{s}" for s in sensors]] = \
                             getattr(near[sensors], agg)().to_numpy()
-            lots |= {x for row in win["lots"] for x in row}
+            if name not in SIBLING_STATIONS:  # sibling cells lead no further upstream
+                lots |= {x for row in win["lots"] for x in row}
     return lot, local
 
 
@@ -91,6 +101,7 @@ def test_lot_features_match_the_per_event_definition(seed):
         lot, local = lot_features(events, event_lots, buffers, memory, anchors, lags)
         ref_lot, ref_local = _reference(events, event_lots, buffers, memory, anchors, lags)
         assert lot.notna().to_numpy().sum() > n  # the test data do match lots
+        assert lot["winding.lot_readings"].notna().any()
         assert local.notna().to_numpy().sum() > 0 or memory < 1000
         pd.testing.assert_frame_equal(lot, ref_lot, check_exact=False, rtol=1e-12, atol=1e-12)
         pd.testing.assert_frame_equal(local, ref_local, check_exact=False, rtol=1e-12, atol=1e-12)
