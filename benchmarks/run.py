@@ -209,14 +209,27 @@ def _service_run(models: Path, tr: str, tc: str, rid: str, n: int, workers: int,
     procs = [C.start(C.run_cmd(models, tr, tc, rid, schema, group, worker=f"w{i}", extra=extra or []),
                      f"run-{rid}-{workers}w-{i}") for i in range(workers)]
     try:
-        first_cpu: list[float] = []
+        # each process's CPU is counted from its own first pipeline_stats row on (its start-up - imports, model
+        # loading, joining the group - is excluded, whenever it happens), against the readings it committed since
+        first: dict[int, tuple[float, int]] = {}
+
+        def done_by_worker() -> dict[str, int]:
+            rows = C.pg("SELECT worker, sum(readings) FROM pipeline_stats GROUP BY worker", schema)
+            return {w: int(s) for w, s in rows}
 
         def sample() -> None:
-            if not first_cpu and C.count(schema) > 0:
-                first_cpu.extend(C.cpu_seconds(p.pid) for p in procs)
+            if len(first) == workers:
+                return
+            done = done_by_worker()
+            for i, p in enumerate(procs):
+                if i not in first and f"w{i}" in done:
+                    first[i] = (C.cpu_seconds(p.pid), done[f"w{i}"])
 
         C.wait_scored(schema, n, procs, timeout_s, sample=sample)
-        cpu = sum(C.cpu_seconds(p.pid) for p in procs) - sum(first_cpu or [0.0] * workers)
+        end_cpu, done = [C.cpu_seconds(p.pid) for p in procs], done_by_worker()
+        counted = [i for i in first]
+        cpu = sum(end_cpu[i] - first[i][0] for i in counted)
+        n_cpu = sum(done.get(f"w{i}", 0) - first[i][1] for i in counted)
         rate = C.steady_rate(schema)
         n = rate["scored"]  # what was scored when the processes were sampled (>= n: the last batch may overshoot)
         e2e = C.pg("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY batch_ms), count(*) FROM pipeline_stats",
@@ -225,7 +238,8 @@ def _service_run(models: Path, tr: str, tc: str, rid: str, n: int, workers: int,
         for p in procs:
             C.stop(p)
     C.drop_schema(schema)
-    return {**rate, "cpu_s_after_first_batch": cpu, "cpu_rate": n / cpu if cpu > 0 else float("nan"),
+    return {**rate, "cpu_s_after_first_batch": cpu, "cpu_rate": n_cpu / cpu if cpu > 0 else float("nan"),
+            "cpu_counted_workers": len(counted), "readings_cpu_counted": n_cpu,
             "first_to_last_rate": n / rate["first_to_last_s"], "median_batch_ms": e2e[0][0] if e2e else None,
             "workers": workers}
 
