@@ -111,7 +111,15 @@ class FastIForest:
         return self.offset - self.score_samples(X)
 
 
-@njit(cache=True, nogil=True)
+def _compiled(fn):
+    """numba-compiled ``fn``, cached on disk when the source has a cache location (else compiled per process)."""
+    try:
+        return njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # "no locator available": e.g. source without a file, no writable cache directory
+        return njit(nogil=True)(fn)
+
+
+@_compiled
 def _forest_depths(X32, left, right, feature, threshold, leaf_depth, max_depth):  # pragma: no cover - compiled
     """Per row, the sum over trees (in tree order) of the path-length estimate of the leaf the row reaches;
     ``X[f] <= threshold`` goes left, float32 values compared as float64 like scikit-learn's ``Tree.apply``.
