@@ -244,11 +244,18 @@ def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[s
         has = b > a
         if not has.any():
             continue
+        values = buf[["anomaly_score", "is_anomaly", "run_start", *sensors]].to_numpy(dtype="float64")
+        ev_has = np.flatnonzero(has)
+        if name in SIBLING_STATIONS:  # many cells, windows ending everywhere: prefix sums (exact, quantised)
+            stats, means = _prefix_aggregates(a[has], b[has], gr_row, values)
+            first = col[f"{name}.{LOT_STATS[0]}"]
+            out[ev_has, first:first + len(LOT_STATS)] = stats
+            first = col[f"{name}.lot_mean.{sensors[0]}"]
+            out[ev_has, first:first + len(sensors)] = means
+            continue
         rng_key, dist = np.unique(a[has] * np.int64(len(key) + 1) + b[has], return_inverse=True)
         d_a, d_b = rng_key // (len(key) + 1), rng_key % (len(key) + 1)
-        values = buf[["anomaly_score", "is_anomaly", "run_start", *sensors]].to_numpy(dtype="float64")
         stats, means, d_pair, d_lot = _window_aggregates(d_a, d_b, gr_row, values, ptr, row_lot_all, n_lots)
-        ev_has = np.flatnonzero(has)
         first = col[f"{name}.{LOT_STATS[0]}"]
         out[ev_has, first:first + len(LOT_STATS)] = stats[dist]
         first = col[f"{name}.lot_mean.{sensors[0]}"]
@@ -258,8 +265,6 @@ def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[s
             if anchored.size:
                 _local(local, lcol, name, sensors, anchored, anchors[anchored] - lags[name] * 1e9, a, b, gr_g,
                        gr_row, group, buf, values, half_ns)
-        if name in SIBLING_STATIONS:
-            continue
         # the lots these readings carry (e.g. the coil of a roll) lead further upstream
         dptr = np.searchsorted(d_pair, np.arange(len(rng_key) + 1))
         ev_more, k = _expand(ev_has, dptr[dist], dptr[dist + 1])
@@ -310,6 +315,51 @@ def _window_aggregates(d_a: np.ndarray, d_b: np.ndarray, gr_row: np.ndarray, val
     r_of, k = _expand(np.arange(len(d_a)), cptr[chain], cptr[chain + 1])
     keep = first_j.to_numpy()[k] < (d_b - d_a)[r_of]
     return stats, means, r_of[keep], lot[k][keep]
+
+
+#: Resolution of the quantised prefix sums of :func:`_prefix_aggregates` (scores / sensor z values) and the
+#: clip of sensor z values (keeps every sum inside int64).
+PREFIX_SCORE_STEP, PREFIX_SENSOR_STEP, PREFIX_SENSOR_CLIP = 1e-9, 1e-6, 1e6
+
+
+def _prefix_aggregates(a: np.ndarray, b: np.ndarray, gr_row: np.ndarray, values: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """:data:`LOT_STATS` and sensor means of the reading ranges ``gr_row[a:b]`` (non-empty), one per range.
+
+    Sums are integer prefix sums of the values quantised to ``PREFIX_*_STEP`` (sensor z clipped to
+    ±``PREFIX_SENSOR_CLIP``): exact, so a range's figures do not depend on where the buffer starts; the maximum
+    score comes from a sparse table. ``values`` columns: anomaly_score, is_anomaly, run_start, sensors...
+    """
+    v = values[gr_row]
+    sens = v[:, 3:]
+    present = ~np.isnan(sens)
+    q = np.column_stack([np.rint(v[:, 0] / PREFIX_SCORE_STEP), v[:, 1], v[:, 2], present,
+                         np.rint(np.clip(np.where(present, sens, 0.0), -PREFIX_SENSOR_CLIP, PREFIX_SENSOR_CLIP)
+                                 / PREFIX_SENSOR_STEP)]).astype(np.int64)
+    prefix = np.vstack([np.zeros((1, q.shape[1]), dtype=np.int64), np.cumsum(q, axis=0)])
+    tot = prefix[b] - prefix[a]
+    n = (b - a).astype("float64")
+    n_sens = sens.shape[1]
+    score_sum = tot[:, 0] * PREFIX_SCORE_STEP
+    stats = np.column_stack([n, _range_max(v[:, 0], a, b), score_sum / n, tot[:, 1], tot[:, 1] / n, tot[:, 2]])
+    cnt = tot[:, 3:3 + n_sens]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(cnt > 0, tot[:, 3 + n_sens:] * PREFIX_SENSOR_STEP / cnt, np.nan)
+    return stats, means
+
+
+def _range_max(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """max(x[a:b]) per non-empty range, from a sparse table (NaN ignored)."""
+    table = [np.where(np.isnan(x), -np.inf, x)]
+    while 2 ** len(table) <= len(x):
+        prev, half = table[-1], 2 ** (len(table) - 1)
+        table.append(np.maximum(prev[:-half], prev[half:]))
+    level = np.floor(np.log2(b - a)).astype(np.int64)
+    out = np.empty(len(a))
+    for k in np.unique(level):
+        sel = level == k
+        out[sel] = np.maximum(table[k][a[sel]], table[k][b[sel] - 2 ** k])
+    return np.where(np.isinf(out), np.nan, out)
 
 
 def _set_groups(ev_line: np.ndarray, pair_ev: np.ndarray, pair_lot: np.ndarray, n: int
