@@ -46,6 +46,8 @@ STATISTICS = ("q", "t2", "t2q")
 MAX_WIDTH = 2_000
 #: Training windows used for the PCA fit and the control limits (a random subset beyond this).
 MAX_FIT_ROWS = 50_000
+#: Window-matrix elements per scoring chunk (rows x sensors x lags).
+_CHUNK_ELEMENTS = 8_000_000
 TOP_N = 3
 
 
@@ -135,15 +137,17 @@ class WindowPCAModel:
         self.mean_ = np.where(np.isfinite(mean), mean, 0.0)
         self.scale_ = np.where(np.isfinite(std) & (std > 1e-9 * np.maximum(1.0, np.abs(self.mean_))), std, 1.0)
         z = self._z(raw)
+        if len(train) < 10:
+            raise ValueError(f"only {len(train)} training rows; need at least 10")
+        rng = np.random.default_rng(self.random_state)
+        share = min(1.0, MAX_FIT_ROWS / len(train))  # big tables: a random subset of windows, built directly
         blocks = []
         for _, idx in self._split_lines(train):
-            blocks.append(lagged(z[idx], self.lags_))
+            rows = np.arange(len(idx))
+            if share < 1.0:
+                rows = np.sort(rng.choice(len(idx), max(1, round(share * len(idx))), replace=False))
+            blocks.append(lagged(z[idx], self.lags_, rows))
         W = np.concatenate(blocks, axis=0)
-        if len(W) < 10:
-            raise ValueError(f"only {len(W)} training rows; need at least 10")
-        if len(W) > MAX_FIT_ROWS:
-            rng = np.random.default_rng(self.random_state)
-            W = W[np.sort(rng.choice(len(W), MAX_FIT_ROWS, replace=False))]
         n_comp = min(W.shape) - 1 if min(W.shape) > 1 else 1
         pca = PCA(n_components=n_comp, svd_solver="full").fit(W)
         ratio = np.cumsum(pca.explained_variance_ratio_)
@@ -218,7 +222,11 @@ class WindowPCAModel:
             # ratios of the rows to score plus the smooth-1 rows before them (recomputed from the context)
             first = max(0, n_ctx - len(idx) - (self.smooth - 1))
             z = self._z(ctx_v)
-            ratio, r = self._ratio(lagged(z, self.lags_, np.arange(first, n_ctx)))
+            wanted = np.arange(first, n_ctx)
+            step = max(1, _CHUNK_ELEMENTS // max(1, s * self.lags_))  # bounds the window matrix's memory
+            parts = [self._ratio(lagged(z, self.lags_, wanted[a:a + step])) for a in range(0, len(wanted), step)]
+            ratio = np.concatenate([q for q, _ in parts])
+            r = np.concatenate([e for _, e in parts], axis=0)
             med = pd.Series(ratio).rolling(self.smooth, min_periods=1).median().to_numpy()
             smoothed[idx] = med[-len(idx):]
             resid[idx] = r[-len(idx):]

@@ -93,3 +93,17 @@ def test_cli_fit_and_score_with_window_pca(monkeypatch, capsys, tmp_path):
     assert cli.main(["fit", "--input", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m2"),
                      "--time-column", "ts", "--detector", "window-pca", "--factor", "0"]) == 2
     assert "--factor" in capsys.readouterr().err
+
+
+def test_big_tables_fit_on_a_window_subset_and_score_in_chunks(monkeypatch):
+    import cellwatch.detect.window_pca as wp
+
+    train, test = process(1000, 9), process(300, 10, break_at=(100, 200))
+    whole = WindowPCAModel(lags=10).fit(train)
+    expected = whole.score(test, whole.new_state(train))
+    monkeypatch.setattr(wp, "_CHUNK_ELEMENTS", 100)  # 3 rows per window-matrix chunk
+    pd.testing.assert_frame_equal(whole.score(test, whole.new_state(train)), expected)
+    monkeypatch.setattr(wp, "MAX_FIT_ROWS", 200)
+    small = WindowPCAModel(lags=10).fit(train)
+    assert small.q_limit_ != whole.q_limit_  # fitted on a subset of the windows
+    assert small.score(test, small.new_state(train))["is_anomaly"].iloc[120:200].mean() > 0.9
