@@ -34,6 +34,11 @@ PROCESS_FAULT_TYPES = ("mean_shift", "tool_wear", "contaminated_batch")
 #: An incident at a station downstream of a process fault of its line, starting within the fault window + this,
 #: is the fault's real after-effect (a line engineer would not call it false); counted apart, not as false.
 DOWNSTREAM_TOLERANCE = pd.Timedelta(minutes=15)
+#: An incident whose anomalous readings are mostly (this share) on cells a process fault upstream touched, and
+#: at least AFTER_EFFECT_RISK times likelier on those cells than on the station's other cells of the same span, is
+#: that fault's after-effect too, however late (a contaminated batch reaches aging hours after mixing).
+AFTER_EFFECT_SHARE = 0.5
+AFTER_EFFECT_RISK = 2.0
 #: Diagnosis only: a false incident starting this soon after a stop or changeover of its line ends (warm-up).
 RESTART_WINDOW = pd.Timedelta(minutes=30)
 STATION_ORDER = {name: i for i, name in enumerate(("mixing", "coating", "calendering", "slitting", "winding", "filling",
@@ -75,9 +80,36 @@ def point_labels(scores: pd.DataFrame, faults: pd.DataFrame) -> np.ndarray:
     return y
 
 
+def _on_touched_cells(alerts: pd.DataFrame, proc: pd.DataFrame, scores: pd.DataFrame) -> np.ndarray:
+    """For each alert: do its anomalous readings sit on cells an upstream process fault of its line touched
+    (AFTER_EFFECT_SHARE of them, AFTER_EFFECT_RISK times the anomaly rate of the span's other cells)?"""
+    out = np.zeros(len(alerts), dtype=bool)
+    if not len(alerts) or not len(proc) or "cells" not in proc or not {"cell_id", "is_anomaly"} <= set(scores):
+        return out
+    ts = pd.to_datetime(scores["ts"], utc=True)
+    for i, a in enumerate(alerts.itertuples(index=False)):
+        up = proc.loc[(proc["line"].astype(str) == str(a.line))
+                      & (proc["station"].astype(str).map(STATION_ORDER) < STATION_ORDER.get(str(a.station), -1))]
+        touched = {c for cells in up["cells"] if cells is not None for c in cells}
+        if not touched:
+            continue
+        end = a.end_ts if pd.notna(a.end_ts) else ts.max()
+        span = scores.loc[(scores["line"] == a.line) & (scores["station"] == a.station)
+                          & (ts >= pd.Timestamp(a.start_ts)).to_numpy() & (ts <= pd.Timestamp(end)).to_numpy()]
+        on = span["cell_id"].isin(touched).to_numpy()
+        anom = span["is_anomaly"].astype(bool).to_numpy()
+        if not anom.any() or on[anom].mean() < AFTER_EFFECT_SHARE:
+            continue
+        rate_on = anom[on].mean() if on.any() else 0.0
+        rate_off = anom[~on].mean() if (~on).any() else 0.0
+        out[i] = rate_on >= AFTER_EFFECT_RISK * rate_off
+    return out
+
+
 def _false_breakdown(alerts: pd.DataFrame, truth: pd.DataFrame, faults: pd.DataFrame,
-                     events: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
-    """For each alert: is it a downstream after-effect of a process fault of its line, and does it start within
+                     events: pd.DataFrame | None, scores: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """For each alert: is it an after-effect of a process fault of its line (a station downstream within the fault
+    window + DOWNSTREAM_TOLERANCE, or anomalous readings on the fault's cells), and does it start within
     RESTART_WINDOW after a stop/changeover of its line ended. (Alerts matching a detectable fault: both False.)"""
     n = len(alerts)
     downstream, restart = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
@@ -89,6 +121,7 @@ def _false_breakdown(alerts: pd.DataFrame, truth: pd.DataFrame, faults: pd.DataF
     for f in proc.itertuples(index=False):
         downstream |= ((a_line == str(f.line)) & (a_st > STATION_ORDER.get(str(f.station), 99))
                        & (a_s >= f.start_ts).to_numpy() & (a_s <= f.end_ts + DOWNSTREAM_TOLERANCE).to_numpy())
+    downstream |= _on_touched_cells(alerts, proc, scores)
     if events is not None and len(events) and {"event", "line", "end"} <= set(events.columns):
         for ev in events.loc[events["event"].isin(["stop", "changeover"])].itertuples(index=False):
             end = pd.Timestamp(ev.end)
@@ -100,7 +133,7 @@ def _false_breakdown(alerts: pd.DataFrame, truth: pd.DataFrame, faults: pd.DataF
 def event_level(scores: pd.DataFrame, incidents: pd.DataFrame, faults: pd.DataFrame,
                 events: pd.DataFrame | None = None) -> dict:
     """Incident recall / false incidents. An incident overlapping no detectable fault of its station is false,
-    unless it is a downstream after-effect of a process fault of its line (see DOWNSTREAM_TOLERANCE): those are
+    unless it is an after-effect of a process fault of its line (DOWNSTREAM_TOLERANCE, AFTER_EFFECT_SHARE): those are
     counted in ``downstream_incidents``; ``false_incidents_per_station_shift_strict`` counts them as false."""
     truth = detectable_faults(faults)
     hours = (scores["ts"].max() - scores["ts"].min()).total_seconds() / 3600 if len(scores) else 0.0
@@ -115,7 +148,7 @@ def event_level(scores: pd.DataFrame, incidents: pd.DataFrame, faults: pd.DataFr
                                           tolerance=EVENT_TOLERANCE)["false_alarms"] == 0 for i in range(len(a))])
     else:
         matched = np.zeros(len(alerts), dtype=bool)
-    downstream, restart = _false_breakdown(alerts.reset_index(drop=True), truth, faults, events)
+    downstream, restart = _false_breakdown(alerts.reset_index(drop=True), truth, faults, events, scores)
     downstream &= ~matched
     m["false_alarms_strict"] = m["false_alarms"]
     m["downstream_incidents"] = int(downstream.sum())

@@ -51,3 +51,33 @@ def test_false_incidents_after_a_restart_are_diagnosed():
 
 def test_missing_fault_types_lists_the_absent_ones():
     assert "tool_wear" not in missing_fault_types(FAULTS) and "drift" in missing_fault_types(FAULTS)
+
+
+def _aging_scores(anomalous_cells: set[str]) -> pd.DataFrame:
+    """One aging reading per cell every minute from 4 h to 6 h, cells C000..C119; the given ones anomalous."""
+    cells = [f"C{i:03d}" for i in range(120)]
+    return pd.DataFrame({"ts": [_t(240 + i) for i in range(120)], "line": "L1", "station": "aging", "cell_id": cells,
+                         "is_anomaly": [c in anomalous_cells for c in cells]})
+
+
+CONTAMINATED = pd.DataFrame({"fault_id": ["L1-F002"], "type": ["contaminated_batch"], "line": ["L1"],
+                             "station": ["mixing"], "sensors": [[]], "start_ts": [_t(0)], "end_ts": [_t(30)],
+                             "cells": [[f"C{i:03d}" for i in range(40, 80)]]})
+
+
+def test_a_late_incident_on_the_cells_an_upstream_process_fault_touched_is_its_after_effect():
+    inc = pd.DataFrame({"line": ["L1"], "station": ["aging"], "start_ts": [_t(280)], "end_ts": [_t(320)]})
+    touched = {f"C{i:03d}" for i in range(45, 75)}
+    m = event_level(_aging_scores(touched | {"C100"}), inc, CONTAMINATED)
+    assert m["downstream_incidents"] == 1 and m["false_alarms"] == 0 and m["false_alarms_strict"] == 1
+
+
+def test_a_late_incident_on_other_cells_stays_false():
+    inc = pd.DataFrame({"line": ["L1"], "station": ["aging"], "start_ts": [_t(330)], "end_ts": [_t(355)]})
+    elsewhere = {f"C{i:03d}" for i in range(90, 115)}  # outside the touched cells C040..C079
+    m = event_level(_aging_scores(elsewhere | {"C050"}), inc, CONTAMINATED)
+    assert m["downstream_incidents"] == 0 and m["false_alarms"] == 1
+    # anomalies spread evenly over touched and untouched cells are no after-effect either
+    spread = {f"C{i:03d}" for i in range(0, 120, 2)}
+    inc = pd.DataFrame({"line": ["L1"], "station": ["aging"], "start_ts": [_t(240)], "end_ts": [_t(359)]})
+    assert event_level(_aging_scores(spread), inc, CONTAMINATED)["downstream_incidents"] == 0
