@@ -89,9 +89,33 @@ def test_probabilities_are_calibrated(data, model):
     assert abs(p.mean() - y.mean()) < 0.1
     # the calibrated Brier score beats predicting the base rate
     assert np.mean((p - y) ** 2) < np.mean((y.mean() - y) ** 2)
-    # raw class-weighted scores are NOT probabilities: calibration moved them
+    # by default classes are not re-weighted: the raw scores are not inflated towards the defect class
     raw = 1 / (1 + np.exp(-model.decision_function(_X(test, model))))
+    assert model.scale_pos_weight_ == 1.0
+    assert raw.mean() < p.mean() + 0.05
+
+
+def test_class_weighting_is_undone_by_calibration(data, model):
+    train, test = data
+    weighted = DefectModel(n_estimators=80, balance_classes=True).fit(
+        train[model.features_], train["defect"], train["cell_id"], train["t"])
+    assert weighted.scale_pos_weight_ > 1.5
+    # raw class-weighted scores are NOT probabilities: calibration moved them
+    raw = 1 / (1 + np.exp(-weighted.decision_function(_X(test, weighted))))
+    p = weighted.predict_proba(_X(test, weighted))
     assert raw.mean() > p.mean() + 0.05
+    assert abs(p.mean() - test["defect"].mean()) < 0.1
+
+
+def test_monotone_constraints_hold(data, model):
+    train, test = data
+    feature = "winding.insulation_resistance_mohm"
+    m = DefectModel(n_estimators=80, monotone={feature: -1}).fit(
+        train[model.features_], train["defect"], train["cell_id"], train["t"])
+    X = _X(test, m).iloc[:200].copy()
+    low, high = X.copy(), X.copy()
+    low[feature], high[feature] = -3.0, 3.0
+    assert (m.decision_function(high) <= m.decision_function(low) + 1e-12).all()
 
 
 def test_cost_threshold_minimises_expected_cost():
