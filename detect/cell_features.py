@@ -172,8 +172,9 @@ def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[s
 
     Per station, events with the same line and lot set form a group; the group's readings (rows of its line
     carrying one of its lots, in stream order) are found once, each event's window (the last ``lot_memory``
-    readings of the stream up to its ``ts``) is a contiguous range of them, and each distinct range is aggregated
-    once. Only the local (±``half_window_s``) matches are expanded per event.
+    readings of the stream up to its ``ts``) is a contiguous range of them, aggregated in O(1) from exact
+    integer prefix sums (:func:`_prefix_aggregates`; means within 1e-6 of a direct sum). Only the local
+    (±``half_window_s``) matches are expanded per event.
     """
     n = len(events)
     out = np.full((n, len(LOT_FEATURES)), np.nan)
@@ -246,76 +247,48 @@ def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[s
             continue
         values = buf[["anomaly_score", "is_anomaly", "run_start", *sensors]].to_numpy(dtype="float64")
         ev_has = np.flatnonzero(has)
-        if name in SIBLING_STATIONS:  # many cells, windows ending everywhere: prefix sums (exact, quantised)
-            stats, means = _prefix_aggregates(a[has], b[has], gr_row, values)
-            first = col[f"{name}.{LOT_STATS[0]}"]
-            out[ev_has, first:first + len(LOT_STATS)] = stats
-            first = col[f"{name}.lot_mean.{sensors[0]}"]
-            out[ev_has, first:first + len(sensors)] = means
-            continue
-        rng_key, dist = np.unique(a[has] * np.int64(len(key) + 1) + b[has], return_inverse=True)
-        d_a, d_b = rng_key // (len(key) + 1), rng_key % (len(key) + 1)
-        stats, means, d_pair, d_lot = _window_aggregates(d_a, d_b, gr_row, values, ptr, row_lot_all, n_lots)
+        stats, means = _prefix_aggregates(a[has], b[has], gr_row, values)
         first = col[f"{name}.{LOT_STATS[0]}"]
-        out[ev_has, first:first + len(LOT_STATS)] = stats[dist]
+        out[ev_has, first:first + len(LOT_STATS)] = stats
         first = col[f"{name}.lot_mean.{sensors[0]}"]
-        out[ev_has, first:first + len(sensors)] = means[dist]
+        out[ev_has, first:first + len(sensors)] = means
         if name in lags:
             anchored = ev_has[np.isfinite(anchors[ev_has])]
             if anchored.size:
                 _local(local, lcol, name, sensors, anchored, anchors[anchored] - lags[name] * 1e9, a, b, gr_g,
                        gr_row, group, buf, values, half_ns)
+        if name in SIBLING_STATIONS:
+            continue
         # the lots these readings carry (e.g. the coil of a roll) lead further upstream
-        dptr = np.searchsorted(d_pair, np.arange(len(rng_key) + 1))
-        ev_more, k = _expand(ev_has, dptr[dist], dptr[dist + 1])
-        pair_ev, pair_lot = _unique_pairs(np.concatenate([pair_ev, ev_more]), np.concatenate([pair_lot, d_lot[k]]),
+        ev_more, lot_more = _lots_in_ranges(gr_g, gr_row, ptr, row_lot_all, n_lots, ev_has, group[ev_has], a[has],
+                                            b[has])
+        pair_ev, pair_lot = _unique_pairs(np.concatenate([pair_ev, ev_more]), np.concatenate([pair_lot, lot_more]),
                                           n_lots)
     return frames()
 
 
-def _window_aggregates(d_a: np.ndarray, d_b: np.ndarray, gr_row: np.ndarray, values: np.ndarray, ptr: np.ndarray,
-                       row_lots: np.ndarray, n_lots: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Lot statistics of the reading ranges ``gr_row[d_a:d_b]`` (distinct, non-empty) and the lots they carry.
 
-    Ranges that end at the same reading form a chain: one reversed running sum / max from that end serves every
-    range of the chain, so the cost is the chains' lengths, not the ranges'. A range's figures depend on its own
-    readings only (summed from its newest reading back), whatever else the buffer holds. Returns the
-    :data:`LOT_STATS` and the sensor means per range, and the distinct (range, lot) pairs sorted by range.
-    ``values`` columns: anomaly_score, is_anomaly, run_start, sensors... (NaN sensors are skipped).
+def _lots_in_ranges(gr_g: np.ndarray, gr_row: np.ndarray, ptr: np.ndarray, row_lots: np.ndarray, n_lots: int,
+                    events: np.ndarray, ev_group: np.ndarray, a: np.ndarray, b: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(event, lot) pairs: the lots carried by at least one reading of the event's range ``gr_row[a:b]``.
+
+    ``gr_g``/``gr_row``: the groups' readings (sorted by group); ``ptr``/``row_lots``: the lots of each buffer row.
     """
-    ends, chain = np.unique(d_b, return_inverse=True)
-    start = np.full(len(ends), np.iinfo(np.int64).max)
-    np.minimum.at(start, chain, d_a)
-    length = ends - start
-    width = int(length.max())
-    j = np.arange(width)
-    valid = j[None, :] < length[:, None]
-    rows = np.where(valid, gr_row[np.clip(ends[:, None] - 1 - j[None, :], 0, None)], 0)  # newest reading first
-    v = values[rows]                                   # chains x width x columns
-    v[~valid] = np.nan
-    present = ~np.isnan(v)
-    csum = np.cumsum(np.where(present, v, 0.0), axis=1)
-    ccount = np.cumsum(present, axis=1)
-    cmax = np.fmax.accumulate(v[:, :, 0], axis=1)
-    at = (chain, d_b - d_a - 1)
-    n = (d_b - d_a).astype("float64")
-    anomalous = csum[at][:, 1]
-    stats = np.column_stack([n, cmax[at], csum[at][:, 0] / n, anomalous, anomalous / n, csum[at][:, 2]])
-    cnt = ccount[at][:, 3:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(cnt > 0, csum[at][:, 3:] / cnt, np.nan)
-    # lots: the first (newest-side) position of each lot in its chain; a range carries those within its length
-    c_of, jj = np.nonzero(valid)
-    k_of, k = _expand(np.arange(len(c_of)), ptr[rows[c_of, jj]], ptr[rows[c_of, jj] + 1])
-    key = c_of[k_of] * np.int64(n_lots) + row_lots[k]
-    first_j = pd.Series(jj[k_of]).groupby(key).min()
-    c_lot = first_j.index.to_numpy() // n_lots
-    lot = first_j.index.to_numpy() % n_lots
-    cptr = np.searchsorted(c_lot, np.arange(len(ends) + 1))
-    r_of, k = _expand(np.arange(len(d_a)), cptr[chain], cptr[chain + 1])
-    keep = first_j.to_numpy()[k] < (d_b - d_a)[r_of]
-    return stats, means, r_of[keep], lot[k][keep]
-
+    i_of, k = _expand(np.arange(len(gr_row)), ptr[gr_row], ptr[gr_row + 1])
+    if i_of.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    gl = gr_g[i_of] * np.int64(n_lots) + row_lots[k]          # (group, lot)
+    span = np.int64(len(gr_row) + 1)
+    key = np.sort(gl * span + i_of)                             # by group, lot, reading
+    gl_u = np.unique(gl)
+    g_u = gl_u // n_lots
+    e_i, j = _expand(np.arange(len(events)), np.searchsorted(g_u, ev_group, "left"),
+                     np.searchsorted(g_u, ev_group, "right"))
+    cand = gl_u[j]
+    at = np.searchsorted(key, cand * span + a[e_i], "left")
+    ok = (at < len(key)) & (key[np.minimum(at, len(key) - 1)] < cand * span + b[e_i])
+    return events[e_i[ok]], cand[ok] % n_lots
 
 #: Resolution of the quantised prefix sums of :func:`_prefix_aggregates` (scores / sensor z values) and the
 #: clip of sensor z values (keeps every sum inside int64).

@@ -116,7 +116,7 @@ class DefectModel:
     def _validation_mask(self, groups: np.ndarray, order: np.ndarray) -> np.ndarray:
         last = pd.Series(order).groupby(groups).max().sort_values(kind="stable")
         n_val = max(1, round(len(last) * self.validation_fraction))
-        return np.isin(groups, last.index[-n_val:].to_numpy())
+        return pd.Index(groups).isin(last.index[-n_val:])  # hash-based (np.isin on objects is quadratic)
 
     def _fit_types(self, X: pd.DataFrame, y: np.ndarray, defect_type) -> None:
         self.type_classes_: list[str] = []
@@ -229,4 +229,4 @@ def _stratified_cells(groups: np.ndarray, y: np.ndarray, fraction: float, seed: 
         idx = cells.index.to_numpy()
         n = max(1, round(len(idx) * fraction))
         val.extend(rng.choice(idx, size=min(n, len(idx) - 1) if len(idx) > 1 else 1, replace=False))
-    return np.isin(groups, np.asarray(val))
+    return pd.Index(groups).isin(np.asarray(val))
