@@ -25,7 +25,7 @@ MATCH_GRACE = pd.Timedelta(minutes=10)
 
 
 def _times(s: pd.Series) -> pd.Series:
-    return pd.to_datetime(s, utc=True, format="ISO8601")
+    return pd.to_datetime(s, utc=True, format="ISO8601").astype("datetime64[us, UTC]")
 
 
 def match_faults(faults: pd.DataFrame, incidents: pd.DataFrame) -> pd.DataFrame:
