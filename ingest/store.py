@@ -45,6 +45,11 @@ class StoreUnavailable(ServiceUnavailable):
     """The database cannot be reached (or the connection broke): retry later, nothing was written."""
 
 
+class StoreConflict(StoreUnavailable):
+    """The write transaction was rolled back by the server (a deadlock with another worker writing the same
+    ``cells`` rows, a serialization failure): nothing was written, the same write succeeds when retried."""
+
+
 @dataclass(frozen=True)
 class Upsert:
     """How one kind of row is written: the target table, the columns given, and which columns a
@@ -381,6 +386,8 @@ class PostgresStore(Store):
 
         try:
             return fn(self.conn)
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:  # rolled back
+            raise StoreConflict(f"transaction rolled back, retrying: {str(exc).splitlines()[0]}") from None
         except psycopg.OperationalError as exc:
             if self._conn is not None and (self._conn.closed or self._conn.broken):
                 self._conn.close()
@@ -456,7 +463,9 @@ class PostgresStore(Store):
         with conn.cursor() as cur:
             with cur.copy(f"COPY {tmp} ({cols}) FROM STDIN WITH (FORMAT csv)") as copy:
                 copy.write(data)
-            cur.execute(upsert_sql(policy, "postgresql", f"SELECT {cols} FROM {tmp}"))
+            # key order: concurrent workers upserting the same rows lock them in one order (no deadlock between them)
+            key = ", ".join(TABLE[table].key)
+            cur.execute(upsert_sql(policy, "postgresql", f"SELECT {cols} FROM {tmp} ORDER BY {key}"))
             cur.execute(f"DELETE FROM {tmp}")
 
     @staticmethod

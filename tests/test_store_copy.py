@@ -4,6 +4,9 @@ round-trip bit for bit, bytes and awkward text survive, and a replayed batch cha
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -67,3 +70,45 @@ def test_copy_stores_what_executemany_stores_and_replays_change_nothing(database
 
         with psycopg.connect(database_url, autocommit=True) as c:
             c.execute(f'DROP SCHEMA IF EXISTS "{pg_schema}_m" CASCADE')
+
+
+def test_a_deadlock_with_another_worker_is_a_retryable_conflict_and_the_retry_stores_the_batch(database_url, pg_schema):
+    """Two workers upserting the same ``cells`` rows: PostgreSQL aborts one transaction (deadlock); the store raises
+    StoreConflict (a StoreUnavailable: the service retries the batch) instead of a crash, and the retry writes."""
+    import threading
+
+    import psycopg
+
+    from cellwatch.ingest.store import StoreConflict, StoreUnavailable
+
+    cells = pd.DataFrame({"cell_id": ["c1", "c2"], "line": "L1", "eol_ts": T0, "capacity_ah": 1.0, "dcir_mohm": 2.0,
+                          "k_value_mv_day": 0.1, "grade": "A", "defect": False, "defect_type": None, "closed": True})
+    store = PostgresStore(database_url, schema=pg_schema)
+    store.migrate()
+    store.write({"cells_eol": cells})
+    other = psycopg.connect(database_url, options=f"-c search_path={pg_schema}")
+    try:
+        other.execute("UPDATE cells SET grade = 'B' WHERE cell_id = 'c2'")  # holds c2
+        result: list = []
+
+        def write() -> None:
+            try:
+                store.write({"cells_eol": cells})  # locks c1 (key order), then waits for c2
+                result.append("written")
+            except Exception as exc:
+                result.append(exc)
+
+        t = threading.Thread(target=write)
+        t.start()
+        time.sleep(0.5)  # the store waits first, so its deadlock check (deadlock_timeout 1 s) fires first: the victim
+        with contextlib.suppress(psycopg.errors.DeadlockDetected):
+            other.execute("UPDATE cells SET grade = 'B' WHERE cell_id = 'c1'")  # waits for the store: a deadlock
+        t.join(timeout=30)
+        other.rollback()
+        assert len(result) == 1 and isinstance(result[0], StoreConflict) and isinstance(result[0], StoreUnavailable), \
+            result
+        store.write({"cells_eol": cells.assign(grade="C")})  # the retry goes through
+        assert store.query("SELECT grade FROM cells ORDER BY cell_id")["grade"].tolist() == ["C", "C"]
+    finally:
+        other.close()
+        store.close()
