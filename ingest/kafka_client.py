@@ -2,7 +2,7 @@
 
 * ``kafka-python`` (the default, pure Python, a core dependency);
 * ``confluent`` (confluent-kafka on librdkafka; ``pip install 'cellwatch[confluent]'``): the same broker
-  consumed and decoded ~25x faster in benchmark B2, and a producer that is not a per-message Python cost.
+  consumed and decoded with ~20x less CPU in benchmark B2, and a producer that is not a per-message Python cost.
 
 Chosen by the ``kafka_client`` setting (``--kafka-client``, ``CELLWATCH_KAFKA_CLIENT``). Both give the service
 the same semantics: a consumer group with auto-commit off and explicit commits of the offsets the caller
