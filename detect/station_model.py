@@ -43,6 +43,27 @@ SCORE_COLUMNS = ("anomaly_score", "is_anomaly", "kind", "top_sensors")
 _NO_LINE = "_"
 
 
+def choose_sensors(train: pd.DataFrame, sensors: list[str] | None) -> list[str]:
+    """The given sensors (all must be columns), else every numeric non-key column at least half filled."""
+    if sensors is not None:
+        missing = [s for s in sensors if s not in train.columns]
+        if missing:
+            raise ValueError(f"sensors not in the training frame: {missing}")
+        return list(sensors)
+    cand = [c for c in train.columns if c not in READING_KEYS and pd.api.types.is_numeric_dtype(train[c])]
+    chosen = [c for c in cand if train[c].notna().mean() >= 0.5]
+    if not chosen:
+        raise ValueError("no numeric sensor column with at least 50 % values in the training frame")
+    return chosen
+
+
+def sensor_matrix(frame: pd.DataFrame, sensors: list[str]) -> np.ndarray:
+    """(rows, sensors) float64; a sensor the frame lacks is all NaN."""
+    cols = [frame[s].to_numpy(dtype="float64") if s in frame.columns else np.full(len(frame), np.nan)
+            for s in sensors]
+    return np.column_stack(cols) if cols else np.zeros((len(frame), 0))
+
+
 @dataclass
 class WindowState:
     """Per-line tails of the last readings: raw sensor values (rows x sensors) and times (epoch seconds)."""
@@ -105,16 +126,7 @@ class StationModel:
 
     # ------------------------------------------------------------------------------------------ helpers
     def _choose_sensors(self, train: pd.DataFrame) -> list[str]:
-        if self.sensors is not None:
-            missing = [s for s in self.sensors if s not in train.columns]
-            if missing:
-                raise ValueError(f"sensors not in the training frame: {missing}")
-            return list(self.sensors)
-        cand = [c for c in train.columns if c not in READING_KEYS and pd.api.types.is_numeric_dtype(train[c])]
-        chosen = [c for c in cand if train[c].notna().mean() >= 0.5]
-        if not chosen:
-            raise ValueError("no numeric sensor column with at least 50 % values in the training frame")
-        return chosen
+        return choose_sensors(train, self.sensors)
 
     def _split_lines(self, frame: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
         """(line, row positions) per line, rows in frame order."""
@@ -124,9 +136,7 @@ class StationModel:
         return [(str(k), np.flatnonzero(codes == i)) for i, k in enumerate(names)]
 
     def _raw(self, frame: pd.DataFrame) -> np.ndarray:
-        cols = [frame[s].to_numpy(dtype="float64") if s in frame.columns else np.full(len(frame), np.nan)
-                for s in self.sensors_]
-        return np.column_stack(cols) if cols else np.zeros((len(frame), 0))
+        return sensor_matrix(frame, self.sensors_)
 
     def _since(self, times: np.ndarray, started: float = np.nan) -> np.ndarray:
         """Seconds since the stream (one line, time order) resumed after a stop; inf without a warm-up profile."""

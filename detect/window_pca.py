@@ -35,8 +35,7 @@ import pandas as pd
 from sklearn.decomposition import PCA
 
 from cellwatch import __version__
-from cellwatch.contract import READING_KEYS
-from cellwatch.detect.station_model import WindowState, _epoch_seconds, _lines
+from cellwatch.detect.station_model import WindowState, _epoch_seconds, _lines, choose_sensors, sensor_matrix
 
 log = logging.getLogger(__name__)
 
@@ -92,21 +91,10 @@ class WindowPCAModel:
             raise ValueError("need 0 < variance <= 1, 0 < quantile < 1 and factor > 0")
 
     def _choose_sensors(self, train: pd.DataFrame) -> list[str]:
-        if self.sensors is not None:
-            missing = [s for s in self.sensors if s not in train.columns]
-            if missing:
-                raise ValueError(f"sensors not in the training frame: {missing}")
-            return list(self.sensors)
-        cand = [c for c in train.columns if c not in READING_KEYS and pd.api.types.is_numeric_dtype(train[c])]
-        chosen = [c for c in cand if train[c].notna().mean() >= 0.5]
-        if not chosen:
-            raise ValueError("no numeric sensor column with at least 50 % values in the training frame")
-        return chosen
+        return choose_sensors(train, self.sensors)
 
     def _raw(self, frame: pd.DataFrame) -> np.ndarray:
-        cols = [frame[s].to_numpy(dtype="float64") if s in frame.columns else np.full(len(frame), np.nan)
-                for s in self.sensors_]
-        return np.column_stack(cols) if cols else np.zeros((len(frame), 0))
+        return sensor_matrix(frame, self.sensors_)
 
     def _z(self, raw: np.ndarray) -> np.ndarray:
         return np.nan_to_num((raw - self.mean_) / self.scale_, nan=0.0, posinf=0.0, neginf=0.0)
