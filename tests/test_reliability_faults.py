@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import orjson
 import pandas as pd
 import pytest
 from test_e2e_streaming import Service, count, frame, produce, wait_until
+from test_services_script import free_ports
 
 from cellwatch import contract
 from cellwatch.ingest.demo import stream_messages
@@ -253,17 +253,6 @@ def test_sigkill_at_random_points_ten_times_then_drain(env_factory, kafka_bootst
 
 # ------------------------------------------------------------------------------------------- private broker
 
-def _free_ports(k: int) -> list[int]:
-    socks = [socket.socket() for _ in range(k)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _main_kafka_libs() -> Path | None:
     root = Path(os.environ.get("CELLWATCH_SERVICES_DIR") or REPO / ".services")
     libs = root / "kafka" / "libs"
@@ -282,7 +271,7 @@ def private_kafka():
     if libs is not None:  # reuse the jars the dev services already fetched (no Maven run)
         (data / "kafka").mkdir(parents=True)
         (data / "kafka" / "libs").symlink_to(libs, target_is_directory=True)
-    kport, cport, pgport = _free_ports(3)
+    kport, cport, pgport = free_ports(3)
     env = {**os.environ, "CELLWATCH_SERVICES_DIR": str(data), "CELLWATCH_KAFKA_PORT": str(kport),
            "CELLWATCH_KAFKA_CONTROLLER_PORT": str(cport), "CELLWATCH_PG_PORT": str(pgport),
            "CELLWATCH_SERVICES_TIMEOUT": "150"}

@@ -15,7 +15,8 @@ import pytest
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "services"
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (bound together, then released)."""
     socks = [socket.socket() for _ in range(n)]
     try:
         for s in socks:
@@ -39,7 +40,7 @@ def _run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Co
 
 @pytest.fixture
 def spare(tmp_path: Path) -> dict[str, str]:
-    return _env(tmp_path / "services", *_free_ports(3))
+    return _env(tmp_path / "services", *free_ports(3))
 
 
 def test_status_of_nothing_running_says_down_and_exits_3(spare):
@@ -94,7 +95,7 @@ def test_lifecycle_on_spare_ports_restarts_keep_the_data():
     # not under pytest's 0700 tmp root: the postgres OS user must be able to reach the data folder
     root = Path(tempfile.mkdtemp(prefix="cellwatch-services-test-"))
     root.chmod(0o755)
-    env = _env(root / "services", *_free_ports(3))
+    env = _env(root / "services", *free_ports(3))
     try:
         up = _run(env, "up")
         assert up.returncode == 0, up.stderr
