@@ -201,6 +201,39 @@ def _bare_confluent(topics: list[str], total: int) -> dict:
     return {"messages": got, "wall_s": t_last - t_first, "cpu_s": c_last - c_first}
 
 
+def _relay(client: str, topics: list[str], total: int, out_topic: str) -> dict:
+    """The service's minimum Kafka work without scoring or a store: poll + ``orjson.loads`` each message, produce
+    one message per message (the score messages) with the service's producer, flush every batch, commit offsets."""
+    from cellwatch.config import load_settings
+    from cellwatch.ingest import kafka_client as K
+
+    s = load_settings({}, environ={}, kafka=C.KAFKA, kafka_client=client, metrics_port=0,
+                      group_id=f"bench-relay-{uuid.uuid4().hex[:6]}", batch_max_records=SCORING_BATCH)
+    cons, prod = K.make_consumer(s), K.make_producer(s)
+    cons.subscribe(topics, on_assign=lambda tps: None, on_revoke=lambda tps: None)
+    got, t_first = 0, None
+    try:
+        while got < total:
+            msgs = cons.poll_batch(SCORING_BATCH, 0.5)
+            if not msgs:
+                continue
+            if t_first is None:
+                t_first, c_first = time.perf_counter(), time.process_time()
+            last: dict = {}
+            for m in msgs:
+                orjson.loads(m.value)
+                prod.send(out_topic, m.value, m.key)
+                last[K.TP(m.topic, m.partition)] = m.offset + 1
+            prod.flush(60)
+            cons.commit(last)
+            got += len(msgs)
+        t_last, c_last = time.perf_counter(), time.process_time()
+    finally:
+        cons.close()
+        prod.close()
+    return {"messages": got, "wall_s": t_last - t_first, "cpu_s": c_last - c_first}
+
+
 def _service_run(models: Path, tr: str, tc: str, rid: str, n: int, workers: int, timeout_s: float,
                  extra: list[str] | None = None) -> dict:
     """``workers`` cellwatch run processes in one group until every reading is stored; rates and CPU."""
@@ -269,6 +302,10 @@ def _client_flag(client: str) -> list[str]:
     return ["--kafka-client", client]
 
 
+#: ``cellwatch run`` flags that give the second session's behaviour (``--compare-old``)
+OLD_SERVICE_FLAGS = ["--no-write-overlap", "--batch-max-ms", "500"]
+
+
 def _service_readings(args, nr: int) -> int:
     """Readings each service run consumes from the pre-loaded topic: all, or the first ``--service-readings``."""
     return min(nr, args.service_readings) if args.service_readings else nr
@@ -287,6 +324,17 @@ def bench_b2(args, rep: C.Report, keep_topic: bool = False) -> dict:
             bare["confluent"] = _bare_confluent([tr, tc], nr + nc)
         rate = {c: b["messages"] / b["wall_s"] for c, b in bare.items()}
         cpu = {c: b["messages"] / b["cpu_s"] for c, b in bare.items()}
+        relay = {}
+        if args.relay_messages:  # the Kafka ceiling of a service: consume + produce one message per message
+            for client in clients:
+                relay[client] = _relay(client, [tr, tc], min(args.relay_messages, nr + nc), f"bench.relay.{rid}")
+                r = relay[client]
+                rep.add("B2", f"(c) {client} relay: poll + loads + produce 1 msg each + flush + commit, "
+                              f"first {r['messages']:,} messages", r["messages"] / r["wall_s"], "msg/s")
+                rep.add("B2", f"(c) {client} relay per CPU second (ceiling of a service with this client)",
+                        r["messages"] / r["cpu_s"], "msg/CPU-s")
+                rep.add("B2", f"(c) {client} relay / bare kafka-python (wall): the b/a a zero-cost scorer and "
+                              "store would reach", round(r["messages"] / r["wall_s"] / rate["kafka-python"], 3), "")
         rep.add("B2", f"(a) bare kafka-python poll + orjson.loads, {nr + nc:,} messages", rate["kafka-python"],
                 "msg/s")
         rep.add("B2", "(a) bare kafka-python, per CPU second", cpu["kafka-python"], "msg/CPU-s")
@@ -295,30 +343,35 @@ def bench_b2(args, rep: C.Report, keep_topic: bool = False) -> dict:
             rep.add("B2", "(a') bare confluent-kafka, per CPU second", cpu["confluent"], "msg/CPU-s")
             rep.add("B2", "bare confluent-kafka / bare kafka-python", round(rate["confluent"] / rate["kafka-python"],
                                                                             1), "x")
-        for client in clients:
+        variants = [("", [])]
+        if args.compare_old:  # the second session's service: writes not overlapped, batches wait up to 500 ms
+            variants.append((" [old: --no-write-overlap --batch-max-ms 500]", OLD_SERVICE_FLAGS))
+        for client, (label, flags) in ((c, v) for c in clients for v in variants):
             load = C.load_average()
             svc = _service_run(models, tr, tc, rid, _service_readings(args, nr), 1, args.timeout,
-                               extra=_client_flag(client))
-            out["service"][client] = svc
+                               extra=_client_flag(client) + flags)
+            svc["load_average"] = load
+            out["service"][client + label] = svc
             svc_rate = svc["first_to_last_rate"]
-            tag = f"(b) cellwatch run --kafka-client {client}"
+            tag = f"(b) cellwatch run --kafka-client {client}{label}"
             rep.add("B2", f"{tag}, all sinks, first {svc['scored']:,} readings of the topic (first -> last batch), "
                           f"load {load:.1f}", svc_rate, "readings/s")
             rep.add("B2", f"{tag}, steady 10 %-90 %", svc["steady_rate"], "readings/s")
             rep.add("B2", f"{tag}, per CPU second of the service", svc["cpu_rate"], "readings/CPU-s")
             ratio = svc_rate / rate["kafka-python"]
-            rep.add("B2", f"ratio b/a: {client} service / bare kafka-python (wall)", round(ratio, 3), "", ">= 0.8",
-                    ratio >= 0.8)
+            rep.add("B2", f"ratio b/a: {client}{label} service / bare kafka-python (wall)", round(ratio, 3), "",
+                    ">= 0.8", ratio >= 0.8)
             if client != "kafka-python" and client in rate:
-                rep.add("B2", f"ratio b/a: {client} service / bare {client} (wall)",
+                rep.add("B2", f"ratio b/a: {client}{label} service / bare {client} (wall)",
                         round(svc_rate / rate[client], 3), "")
             if client in cpu:
-                rep.add("B2", f"ratio b/a: {client} service / bare {client} (per CPU second)",
+                rep.add("B2", f"ratio b/a: {client}{label} service / bare {client} (per CPU second)",
                         round(svc["cpu_rate"] / cpu[client], 3), "")
-        rep.details["B2"] = {"readings": nr, "cell_results": nc, "bare": bare, "service": out["service"]}
+        rep.details["B2"] = {"readings": nr, "cell_results": nc, "bare": bare, "relay": relay,
+                             "service": out["service"]}
     finally:
         if not keep_topic:
-            C.delete_topics([tr, tc, *C.output_topics(rid)])
+            C.delete_topics([tr, tc, f"bench.relay.{rid}", *C.output_topics(rid)])
     return out
 
 
@@ -357,7 +410,7 @@ def bench_b5(args, rep: C.Report, prepared: dict | None = None) -> None:
             details[client] = {"one": one, "two": two, "load_average": load}
         rep.details["B5"] = details
     finally:
-        C.delete_topics([tr, tc, *C.output_topics(rid)])
+        C.delete_topics([tr, tc, f"bench.relay.{rid}", *C.output_topics(rid)])
 
 
 # ================================================================================================ B3
@@ -409,10 +462,12 @@ def bench_b3(args, rep: C.Report) -> None:
     """Latency at a fixed input rate, once per Kafka client (each on fresh topics)."""
     for client in _clients(args):
         _b3_one(args, rep, client)
+        if args.compare_old:
+            _b3_one(args, rep, client, OLD_SERVICE_FLAGS)
 
 
-def _b3_one(args, rep: C.Report, client: str) -> None:
-    b = f"B3 {client}"
+def _b3_one(args, rep: C.Report, client: str, flags: list[str] | None = None) -> None:
+    b = f"B3 {client}" + (" [old: " + " ".join(flags) + "]" if flags else "")
     rate = args.rate
     warm, seconds = (10, 20) if args.quick else (args.b3_warm, args.b3_seconds)
     models = C.models_dir(args.models)
@@ -420,8 +475,8 @@ def _b3_one(args, rep: C.Report, client: str) -> None:
     tr, tc, rid = C.new_topics(4)
     schema = f"bench_{rid}_lat"
     load = C.load_average()
-    proc = C.start(C.run_cmd(models, tr, tc, rid, schema, f"bench-{rid}-lat", extra=_client_flag(client)),
-                   f"run-{rid}-lat")
+    proc = C.start(C.run_cmd(models, tr, tc, rid, schema, f"bench-{rid}-lat",
+                             extra=_client_flag(client) + (flags or [])), f"run-{rid}-lat")
     try:
         log = C.CACHE / f"run-{rid}-lat.log"
         t0 = time.monotonic()
@@ -527,8 +582,26 @@ def bench_b4(args, rep: C.Report) -> None:
     rep.add("B4", "largest RSS sample (transient per-batch allocations)", float(s[:, 2].max()) / 2**20, "MiB")
     rep.add("B4", "RSS slope 10 % -> 100 % (least squares)", round(slope, 1), "MiB per M readings",
             "flat (< 10 % growth)", growth < 0.1 * rss_at(0.1))
+    states = _state_lines(C.CACHE / f"run-{rid}-mem.log")
+    if states:
+        first, last = states[0], states[-1]
+        for key in ("open_cells", "buffer_rows", "incident_streams", "streams"):
+            if key in last:
+                rep.add("B4", f"scoring state {key}: first -> last log line (every 60 s)",
+                        f"{first.get(key, 0):,} -> {last[key]:,}", "items")
     rep.details["B4"] = {"readings": nr, "preloaded": nr_topic, "client": client, "load_average": load,
-                         "samples": samples}
+                         "samples": samples, "state_sizes": states}
+
+
+def _state_lines(log: Path) -> list[dict]:
+    """The service's "scoring state: {...}" log lines (WindowState.sizes, once a minute) as dicts."""
+    import ast
+    import re
+
+    if not log.exists():
+        return []
+    found = re.findall(r"scoring state: (\{[^}]*\})", log.read_text(errors="replace"))
+    return [ast.literal_eval(s) for s in found]
 
 
 # ================================================================================================ B6
@@ -648,6 +721,10 @@ def main() -> None:
                        help="B4: stop after this many minutes (0 = when every reading is stored)")
         p.add_argument("--clients", default="kafka-python,confluent",
                        help="B2/B3/B5: the service's Kafka clients to measure, comma-separated")
+        p.add_argument("--relay-messages", type=int, default=200_000,
+                       help="B2: messages of the consume+produce relay per client (the Kafka ceiling; 0 = skip)")
+        p.add_argument("--compare-old", action="store_true",
+                       help="B2/B3: also run each client with " + " ".join(OLD_SERVICE_FLAGS) + " (the old service)")
         p.add_argument("--b4-client", choices=("kafka-python", "confluent"),
                        help="B4: the service's Kafka client (default: confluent when installed)")
         if name == "profile":

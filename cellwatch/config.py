@@ -69,7 +69,10 @@ class Settings(BaseModel):
 
     # micro-batches
     batch_max_records: int = Field(2000, gt=0, description="a micro-batch holds at most this many records")
-    batch_max_ms: int = Field(500, gt=0, description="... and waits at most this long for them (ms)")
+    batch_max_ms: int = Field(100, gt=0, description="... and waits at most this long for them (ms); a batch "
+                              "closes earlier once the client's buffered records are drained")
+    write_overlap: bool = Field(True, description="write/publish/commit batch N in a writer thread while batch N+1 "
+                                "is polled and scored (offsets still committed only after the store and every ack)")
 
     # result store
     database_url: str = Field("postgresql://cellwatch@127.0.0.1:55432/cellwatch",

@@ -9,6 +9,12 @@ At-least-once with idempotent sinks, so every reading's result is in the store e
 4. publish dead letters and results, wait for every acknowledgement (idempotent producer, acks=all);
 5. only then commit the batch's offsets.
 
+Steps 3-4 of batch N run in a writer thread while batch N+1 is polled, decoded and scored (``write_overlap``;
+psycopg and the Kafka clients release the GIL while they wait). At most one batch is in flight: N+1 is handed to
+the writer only after N's offsets are committed, so writes, output messages and commits keep the batch order, and
+a batch whose processing reads the store (warm-up of a cold stream, a model switch, a re-sent reading) first waits
+for N to be stored. Offsets are committed by the polling thread (Kafka consumers are not thread-safe).
+
 A crash anywhere before 5 replays the batch; the upserts make the replay harmless. When the database is
 unreachable the loop pauses its partitions and keeps polling (so the member stays in the group), retries
 with exponential backoff, commits nothing, and resumes with the batch it holds.
@@ -21,6 +27,8 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +38,7 @@ import pandas as pd
 from cellwatch.config import Settings
 from cellwatch.errors import CellwatchError
 from cellwatch.ingest.kafka_client import TP, KafkaClientError, make_consumer
-from cellwatch.ingest.kafka_out import OutputError, OutputProducer
+from cellwatch.ingest.kafka_out import OutputProducer
 from cellwatch.ingest.metrics import Metrics
 from cellwatch.ingest.models import ModelWatcher
 from cellwatch.ingest.pipeline import BatchOutput, Decoded, Message, decode, process
@@ -39,6 +47,41 @@ from cellwatch.ingest.store import Store, StoreUnavailable, open_store
 from cellwatch.logs import redact
 
 log = logging.getLogger(__name__)
+
+#: seconds between two "scoring state" log lines (sizes of the window state, for memory questions)
+STATE_LOG_S = 60.0
+_STORE_READS = ("stored_seqs", "last_readings", "open_cell_readings", "open_incidents")
+
+
+@dataclass
+class _Job:
+    """One processed batch on its way out: write (one transaction), publish + flush, then commit its offsets."""
+
+    messages: list[Message]
+    out: BatchOutput
+    tables: dict[str, pd.DataFrame]  # the batch's rows plus the pending rows riding with it
+    t0: float
+    future: Future | None = None
+    stored: bool = False
+    published: bool = False
+    committed: bool = False
+
+
+class _StoreReads:
+    """The store as :func:`pipeline.process` sees it: every read first completes the batch in flight (a read must
+    see every earlier batch stored). The service drains before such batches anyway (``WindowState.needs_store``);
+    this is the guard that keeps it true."""
+
+    def __init__(self, service: StreamService) -> None:
+        self._service = service
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._service.store, name)
+        if name in _STORE_READS and self._service._inflight is not None:
+            log.debug("store read %s while a batch is in flight: completing it first", name)
+            if not self._service._complete_inflight():
+                raise StoreUnavailable("stopped before the batch in flight was written and acknowledged")
+        return attr
 
 
 class StreamService:
@@ -61,6 +104,10 @@ class StreamService:
         self._store_ok = True
         self.annotations: Any = None
         self._annotations_dropped = 0
+        self._inflight: _Job | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._reads = _StoreReads(self)
+        self._state_logged = time.monotonic()
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def stop(self) -> None:
@@ -70,11 +117,15 @@ class StreamService:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
 
-    def _retry_store(self, what: str, fn) -> Any:
-        """Call ``fn()`` until the store answers (exponential backoff), keeping the group membership."""
+    def _retry_store(self, what: str, fn, failed: StoreUnavailable | None = None) -> Any:
+        """Call ``fn()`` until the store answers (exponential backoff), keeping the group membership.
+        ``failed``: the first attempt already failed with it (in the writer thread)."""
         delay = self.settings.db_retry_initial_s
         while True:
             try:
+                if failed is not None:
+                    exc, failed = failed, None
+                    raise exc
                 out = fn()
                 if not self._store_ok:
                     log.warning("store reachable again; %s done", what)
@@ -126,9 +177,15 @@ class StreamService:
 
     # ----------------------------------------------------------------------------------------- rebalances
     def _on_revoke(self, revoked: list[TP]) -> None:
-        """Streams of revoked partitions become cold (rebuilt lazily from the store if they come back)."""
+        """Streams of revoked partitions become cold (rebuilt lazily from the store if they come back).
+        A batch in flight is awaited and, when stored and acknowledged, its offsets committed before the
+        partitions go (otherwise the new owner replays it: idempotent)."""
         if revoked:
             log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+            job = self._inflight
+            if job is not None and not job.committed and job.future is not None and job.future.exception() is None:
+                self._commit(job.messages)
+                job.committed = True
         self.window.forget(tp.partition for tp in revoked if tp.topic == self.settings.topic_readings)
         self.owned.difference_update(revoked)
 
@@ -168,6 +225,8 @@ class StreamService:
             self._annotations_dropped = dropped
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
         if self.annotations is not None:
             try:
                 self.annotations.close(timeout=5)
@@ -191,6 +250,7 @@ class StreamService:
                 self._maybe_switch_model()
                 messages = self._poll_batch()
                 if not messages:
+                    self._complete_inflight()
                     if self.pending:
                         self._retry_store("writing pending rows", lambda: self._write({}))
                     self._update_lag()
@@ -199,11 +259,14 @@ class StreamService:
         except StoreUnavailable:
             log.warning("stopped while the store was unavailable; uncommitted batch will be replayed")
         finally:
+            self._settle_on_stop()
             log.info("stopping: %s", dict(self.totals))
             self.close()
         return dict(self.totals)
 
     def _poll_batch(self) -> list[Message]:
+        """Up to ``batch_max_records`` records within ``batch_max_ms``; the batch closes as soon as the client's
+        buffered records are drained (a slow input is not held back), so under load batches stay full."""
         s = self.settings
         out: list[Message] = []
         end = time.monotonic() + s.batch_max_ms / 1000
@@ -211,7 +274,10 @@ class StreamService:
             left = end - time.monotonic()
             if left <= 0:
                 break
-            out.extend(self.consumer.poll_batch(s.batch_max_records - len(out), left))
+            got = self.consumer.poll_batch(s.batch_max_records - len(out), 0.0 if out else left)
+            if not got and out:
+                break
+            out.extend(got)
             if len(out) >= s.batch_max_records:
                 break
         return out
@@ -220,10 +286,14 @@ class StreamService:
         s = self.settings
         t0 = time.perf_counter()
         decoded: Decoded = decode(messages, s.topic_readings, s.topic_cell_results)
+        # a batch that reads the store (warm-up, re-sent readings) waits until the one before it is stored
+        if (self._inflight is not None and self.window.needs_store(decoded.readings)
+                and not self._complete_inflight()):
+            return
         try:
             # the warm-up reads the store: retried like a write (nothing is changed before the reads succeed)
             out: BatchOutput = self._retry_store(
-                "state warm-up", lambda: process(decoded, self.window, self.store, len(messages)))
+                "state warm-up", lambda: process(decoded, self.window, self._reads, len(messages)))
         except StoreUnavailable:
             raise
         except Exception as exc:
@@ -231,23 +301,102 @@ class StreamService:
             log.exception("scoring a batch failed; stopping without committing (the batch is replayed on restart); "
                           "first offsets %s", first)
             raise CellwatchError(f"scoring failed with model {self.window.scorer.model_version}: {exc}") from exc
-        tables = dict(out.tables)
-        self._retry_store("batch write", lambda: self._write(tables))
-        self._annotate(tables)
-        while True:  # the store holds the batch; now every output message must be acknowledged
+        if not self._complete_inflight():
+            return  # stopped before the batch in flight was acknowledged: commit nothing after it
+        job = _Job(messages, out, {**out.tables, **self.pending}, t0)
+        self.pending = {}
+        self._submit(job)
+        if not s.write_overlap:
+            self._complete_inflight()
+        self._log_state()
+
+    # ----------------------------------------------------------------------------------------- batch output
+    def _submit(self, job: _Job) -> None:
+        """Hand a processed batch to the writer thread (or run it here without ``write_overlap``)."""
+        self._inflight = job
+        if not self.settings.write_overlap:
+            job.future = Future()
             try:
-                self.producer.publish(out, out.dead_keys)
-                self.producer.flush()
-                break
-            except (OutputError, Exception) as exc:
-                self.producer.discard()
-                log.error("publishing the batch failed, retrying in 2s (offsets not committed): %s", exc)
-                self._idle(2.0)
-                if self._stop.is_set():
-                    return
-        self._commit(messages)
-        done = time.time()
-        self._account(out, messages, t0, done)
+                self._write_and_publish(job)
+                job.future.set_result(None)
+            except BaseException as exc:
+                job.future.set_exception(exc)
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellwatch-writer")
+        job.future = self._writer.submit(self._write_and_publish, job)
+
+    def _write_and_publish(self, job: _Job) -> None:
+        """One attempt (in the writer thread): the store transaction, then every output message acknowledged.
+        Retries, idling and committing are the polling thread's (:meth:`_complete_inflight`)."""
+        self.store.write(job.tables)
+        job.stored = True
+        self.producer.publish(job.out, job.out.dead_keys)
+        self.producer.flush()
+        job.published = True
+
+    def _complete_inflight(self) -> bool:
+        """Wait for the batch in flight; redo what failed (store: backoff while paused; outputs: every 2 s);
+        then commit its offsets. False: stopped meanwhile, nothing committed (no later batch may be either)."""
+        job = self._inflight
+        if job is None:
+            return True
+        self._inflight = None
+        exc = job.future.exception()
+        if not job.stored:
+            if exc is not None and not isinstance(exc, StoreUnavailable):
+                raise exc
+            self._retry_store("batch write", lambda: self.store.write(job.tables), failed=exc)
+            job.stored, exc = True, None
+        self._annotate(job.tables)
+        while not job.published:  # the store holds the batch; now every output message must be acknowledged
+            if exc is None:
+                try:
+                    self.producer.publish(job.out, job.out.dead_keys)
+                    self.producer.flush()
+                    job.published = True
+                    break
+                except Exception as err:  # OutputError and any client error
+                    exc = err
+            self.producer.discard()
+            log.error("publishing the batch failed, retrying in 2s (offsets not committed): %s", exc)
+            exc = None
+            self._idle(2.0)
+            if self._stop.is_set():
+                return False
+        if not job.committed:
+            self._commit(job.messages)
+            job.committed = True
+        self._account(job.out, job.messages, job.t0, time.time())
+        return True
+
+    def _settle_on_stop(self) -> None:
+        """Stopping: a batch in flight that was stored and acknowledged gets its offsets committed; one that
+        failed is left uncommitted (replayed on restart). No retries."""
+        job, self._inflight = self._inflight, None
+        if job is None:
+            return
+        try:
+            exc = job.future.exception()
+        except Exception as err:
+            exc = err
+        if exc is not None or not job.published:
+            log.warning("the batch in flight was not completed (%s); its offsets are not committed, it is replayed",
+                        exc)
+            return
+        try:
+            if not job.committed:
+                self._commit(job.messages)
+            self._annotate(job.tables)
+            self._account(job.out, job.messages, job.t0, time.time())
+        except Exception as err:
+            log.warning("committing the last batch at stop: %s", err)
+
+    def _log_state(self) -> None:
+        if time.monotonic() - self._state_logged < STATE_LOG_S:
+            return
+        self._state_logged = time.monotonic()
+        log.info("scoring state: %s", self.window.sizes())
 
     def _write(self, tables: dict[str, pd.DataFrame]) -> None:
         merged = {**tables, **self.pending}

@@ -251,8 +251,16 @@ class ConfluentConsumer:
         self._c.subscribe(list(topics), on_assign=assigned, on_revoke=revoked, on_lost=revoked)
 
     def poll_batch(self, max_records: int, timeout_s: float) -> list[Message]:
+        """What the client holds, up to ``max_records``; waits at most ``timeout_s`` for the FIRST message only
+        (``consume`` alone would wait for all ``max_records``), like kafka-python's ``poll``."""
+        n = max(1, max_records)
+        got = self._c.consume(num_messages=n, timeout=0)
+        if not got and timeout_s > 0:
+            got = self._c.consume(num_messages=1, timeout=timeout_s)
+            if got and n > 1:
+                got += self._c.consume(num_messages=n - 1, timeout=0)
         out: list[Message] = []
-        for m in self._c.consume(num_messages=max(1, max_records), timeout=max(0.001, timeout_s)):
+        for m in got:
             err = m.error()
             if err is not None:
                 if err.fatal():

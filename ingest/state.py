@@ -126,6 +126,39 @@ class WindowState:
         for line, st, last in zip(firsts["line"], firsts["station"], firsts["last_seq"], strict=True):
             self.next_seq[(line, st)] = max(self.next_seq.get((line, st), 0), int(last) + 1)
 
+    def needs_store(self, readings: pd.DataFrame) -> bool:
+        """Whether processing ``readings`` may READ the store (a cold stream or a model switch to warm up, or a
+        reading behind its stream whose key is looked up): such a batch must wait until every earlier batch is
+        written (the service overlaps writes with scoring otherwise)."""
+        if readings.empty:
+            return False
+        if self.stale:
+            return True
+        keys = readings[["line", "station"]].drop_duplicates()
+        if any(k not in self.next_seq for k in keys.itertuples(index=False, name=None)):
+            return True
+        return bool(self.seen(readings).any())
+
+    def sizes(self) -> dict[str, int]:
+        """Sizes of the scoring state (items, not bytes) for the memory log: what grows with a long run."""
+        st = self.state
+        out = {"streams": len(self.next_seq)}
+        cells = getattr(st, "cells", None)
+        if cells is not None:
+            out["open_cells"] = len(cells)
+            out["open_cell_lots"] = sum(len(v) for v in getattr(cells, "lots", {}).values())
+        buffers = getattr(st, "buffers", None)
+        if isinstance(buffers, dict):
+            out["buffer_rows"] = sum(len(b) for b in buffers.values())
+        tracker = getattr(st, "tracker", None)
+        streams = getattr(tracker, "_streams", None)
+        if isinstance(streams, dict):
+            out["incident_streams"] = len(streams)
+        models = getattr(st, "model_states", None)
+        if isinstance(models, dict):
+            out["model_state_lines"] = sum(len(getattr(m, "values", {}) or {}) for m in models.values())
+        return out
+
     def seen(self, readings: pd.DataFrame) -> np.ndarray:
         """Mask of readings of warm streams whose ``seq`` was already processed (re-sent duplicates)."""
         if readings.empty or not self.next_seq:
