@@ -198,18 +198,34 @@ class DefectModel:
         """Per row, the ``top`` features by absolute contribution: ``{feature, value, contribution}``."""
         if len(X) == 0:
             return []
+        names, values, contribs = self._top(X, top, contrib)
+        return [[{"feature": n, "value": None if v != v else round(v, 6), "contribution": round(c, 6)}
+                 for n, v, c in zip(nr, vr, cr, strict=True) if c != 0.0]
+                for nr, vr, cr in zip(names, values, contribs, strict=True)]
+
+    def _top(self, X: pd.DataFrame, top: int, contrib: np.ndarray | None
+             ) -> tuple[list[list[str]], list[list[float]], list[list[float]]]:
+        """Per row the ``top`` (feature, value, contribution) by |contribution|, ties by feature order (what a
+        stable argsort gives), as Python lists. A partial sort (argpartition) finds them; rows with a tie at the
+        cut fall back to the stable argsort."""
         contrib = self.contributions(X) if contrib is None else contrib
         c = contrib[:, :-1]
-        values = self._matrix(X).to_numpy()
         k = min(top, c.shape[1])
-        idx = np.argsort(-np.abs(c), axis=1, kind="stable")[:, :k]
+        a = np.abs(c)
+        if k < c.shape[1]:
+            cand = np.argpartition(-a, k - 1, axis=1)[:, :k]
+            kth = np.take_along_axis(a, cand, 1).min(axis=1)  # the k-th largest |contribution|
+            ties = (a >= kth[:, None]).sum(axis=1) != k
+            if ties.any():
+                cand[ties] = np.argsort(-a[ties], axis=1, kind="stable")[:, :k]
+            # order the k candidates: |contribution| descending, then feature index (stable)
+            cand = np.take_along_axis(cand, np.lexsort((cand, -np.take_along_axis(a, cand, 1)), axis=1), 1)
+        else:
+            cand = np.argsort(-a, axis=1, kind="stable")
         rows = np.arange(len(c))[:, None]
-        top_c, top_v = c[rows, idx], values[rows, idx]
-        names = np.asarray(self.features_, dtype=object)[idx]
-        return [[{"feature": n, "value": None if np.isnan(v) else round(float(v), 6),
-                  "contribution": round(float(cc), 6)}
-                 for n, v, cc in zip(nr, vr, cr, strict=True) if cc != 0.0]
-                for nr, vr, cr in zip(names, top_v, top_c, strict=True)]
+        values = self._matrix(X).to_numpy()[rows, cand]
+        names = np.asarray(self.features_, dtype=object)[cand]
+        return names.tolist(), values.tolist(), c[rows, cand].tolist()
 
     def feature_importance(self, X: pd.DataFrame | None = None) -> pd.Series:
         """Mean |SHAP| per feature on ``X`` (or LightGBM's gain importance when no X is given)."""

@@ -149,6 +149,30 @@ def test_explanations_sum_to_the_logit(data, model):
     assert abs(first["contribution"]) == pytest.approx(np.abs(contrib[0, :-1]).max(), abs=1e-5)
 
 
+
+def test_explain_picks_the_stable_argsort_top_features_with_ties(data, model):
+    """The partial sort gives exactly the top-k of a stable argsort by |contribution| (ties by feature order),
+    also with ties at the cut, fewer non-zero contributions than k, and k = every feature."""
+    _, test = data
+    X = _X(test, model).iloc[:40]
+    contrib = model.contributions(X)
+    contrib[1, :-1] = 0.0
+    contrib[1, [4, 9, 2]] = [0.5, -0.5, 0.5]                 # a three-way tie around the cut of k = 2
+    contrib[2, :-1] = 0.0
+    contrib[2, 7] = -0.25                                   # one non-zero contribution only
+    values = X.to_numpy(dtype="float64")
+    for k in (2, 5, len(model.features_)):
+        got = model.explain(X, top=k, contrib=contrib)
+        c = contrib[:, :-1]
+        idx = np.argsort(-np.abs(c), axis=1, kind="stable")[:, :k]
+        want = [[{"feature": model.features_[j],
+                  "value": None if np.isnan(values[i, j]) else round(float(values[i, j]), 6),
+                  "contribution": round(float(c[i, j]), 6)} for j in idx[i] if c[i, j] != 0.0] for i in range(len(c))]
+        assert got == want
+    assert [e["feature"] for e in model.explain(X, top=2, contrib=contrib)[1]] == [model.features_[2],
+                                                                                    model.features_[4]]
+
+
 def test_type_model_names_known_types(data, model):
     _, test = data
     types = model.predict_type(_X(test.loc[test["defect"]], model))
