@@ -43,7 +43,8 @@ from cellwatch.errors import CellwatchError
 
 # ContextNoveltyDetector settings, chosen on the choice files only (see CHOICES); NAB's probation fits it.
 NAB_SETTINGS = {"detector": "context_novelty", "n_bins": (10.0, 40.0), "n_grids": 5, "max_order": 8, "short": 10,
-                "long": 2000, "z_scale": 30.0, "seq_cap": 0.5, "gap_scale": 0.5, "suppress": None}
+                "long": 2000, "z_scale": 30.0, "seq_cap": 0.5, "gap_scale": 0.5, "suppress": None,
+                "season_acf": 0.5, "season_div": 12, "season_scale": 16.0}
 # last session's StationModel baseline (fixed a priori then)
 STATION_SETTINGS = {"detector": "station_model", "window": 10, "refit_every": 1000, "max_fit_rows": 5000,
                     "refractory": 100, "score_decades": 6.0}
@@ -71,7 +72,20 @@ CHOICES = {
                 "first differences, adding instead of maxing the two parts, a margin on the new-peak rule, a "
                 "prediction-error part (1 - P(bin | longest supported context)) through Numenta's likelihood "
                 "(+0.15 at best): none improved the choice files enough to keep",
+    "seasonal part (third session)": "added: choice files 74.90 -> 76.86 standard (70.08 low FP, 81.54 low FN); "
+                                     "season_acf {0.2, 0.3, 0.4, 0.5, 0.6} x min lag {4, 12, 24} x season_scale "
+                                     "{12, 16, 24} x season_div {12, 24}: plateau 76.76-76.87 at acf 0.4-0.5 and "
+                                     "scale 12-16, chosen 0.5 / 16 / 12; autocorrelation of ranks worse (75.5); "
+                                     "the two-season echo guard scores the same (76.86) and is kept; seq_cap "
+                                     "re-checked {0.4, 0.5, 0.6, 0.7}: 76.98 / 76.86 / 76.19 / 75.49, 0.5 kept",
     "threshold": "tuned per profile on the scored files by NAB's exact sweep (allowed by the protocol)",
+    "tried_third_session": "second detectors combined with the raw ContextNovelty score by max, then the same "
+                           "suppression and threshold sweep (choice files, standard; default 74.90): a forecast "
+                           "residual (|x - trailing median of 5/20/100 rows| / MAD) through a burst-z likelihood "
+                           "(scale 15-60, cap 0.5/0.7: 64.6-74.9), a record-breaking nearest-neighbour distance of "
+                           "6/12-row windows (raw or shape: 73.9-74.9), ContextNovelty on 6/12-row block means "
+                           "(72.4-74.9); value novelty discounted by the stream's own new-bin rate (first-visit "
+                           "share: 73.8-75.8 over 12 settings, noisy; Good-Turing N1/N: 69.7-74.4): none kept",
 }
 
 

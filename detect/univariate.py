@@ -16,7 +16,13 @@ grid's edges fall. For each grid it remembers how often every *context* has occu
    values against the historical mean, in units of the historical std / sqrt(short)), scaled by ``z_scale``
    and capped at ``seq_cap`` (a likelihood step in the spirit of Numenta's anomaly likelihood: it fires on a
    burst of unfamiliar sequences, relative to how unfamiliar this stream usually is);
-3. ``score = max(value novelty, sequence novelty)``, then **suppression**: a row keeps its score only if it is
+3. **seasonal novelty** - only for a stream with a season: the lag ``P`` of the strongest autocorrelation peak
+   of the training rows (``P >= 4``, at least two seasons in the training rows, autocorrelation at least
+   ``season_acf``). The mean of the last ``m = max(3, P // season_div)`` rows minus the same mean one season
+   earlier (or two seasons earlier, whichever differs less, so an event one season ago does not echo), as a z
+   statistic against its own last ``long`` values, scaled by ``season_scale`` and capped at 1: it fires when a
+   season's usual shape is missing (a daily peak that does not come), which no context of a few rows can see;
+4. ``score = max(value, sequence, seasonal novelty)``, then **suppression**: a row keeps its score only if it is
    higher than every raw score of the previous ``suppress`` rows, else it is 0 (a repeat alarm on the same
    event says nothing new). By default ``suppress`` is a fifth of the training rows (CAD OSE's rest period).
    The suppression does not depend on a threshold, so ``score >= theta`` is nested in ``theta`` (NAB's
@@ -59,6 +65,8 @@ class NoveltyState:
     grids: list[GridState]
     seq_tail: np.ndarray = field(default_factory=lambda: np.zeros(0))  # sequence novelty of recent rows
     raw_tail: np.ndarray = field(default_factory=lambda: np.zeros(0))  # raw scores of recent rows
+    value_tail: np.ndarray = field(default_factory=lambda: np.zeros(0))  # recent values (seasonal part)
+    season_tail: np.ndarray = field(default_factory=lambda: np.zeros(0))  # recent seasonal differences
     rows: int = 0
 
 
@@ -67,7 +75,8 @@ class ContextNoveltyDetector:
 
     def __init__(self, n_bins: tuple[float, float] = (10.0, 40.0), n_grids: int = 5, max_order: int = 8,
                  short: int = 10, long: int = 2000, z_scale: float = 30.0, seq_cap: float = 0.5,
-                 gap_scale: float = 0.5, suppress: int | None = None, threshold: float = 0.5) -> None:
+                 gap_scale: float = 0.5, suppress: int | None = None, threshold: float = 0.5,
+                 season_acf: float | None = 0.5, season_div: int = 12, season_scale: float = 16.0) -> None:
         self.n_bins = n_bins
         self.n_grids = n_grids
         self.max_order = max_order
@@ -78,6 +87,9 @@ class ContextNoveltyDetector:
         self.gap_scale = gap_scale
         self.suppress = suppress
         self.threshold = threshold
+        self.season_acf = season_acf
+        self.season_div = season_div
+        self.season_scale = season_scale
 
     # ------------------------------------------------------------------------------------------ estimator API
     def fit(self, X) -> ContextNoveltyDetector:
@@ -97,6 +109,11 @@ class ContextNoveltyDetector:
         self.bin_widths_ = span / np.geomspace(lo_bins, hi_bins, self.n_grids)
         self.bin_offsets_ = (np.arange(self.n_grids) * 0.6180339887) % 1.0  # golden-ratio shifts, well spread
         self.suppress_ = max(1, finite.size // 5) if self.suppress is None else int(self.suppress)
+        if self.season_div < 1 or self.season_scale <= 0:
+            raise ValueError("need season_div >= 1 and season_scale > 0")
+        self.period_ = None if self.season_acf is None else season_period(finite, self.season_acf)
+        self.season_rows_ = 0 if self.period_ is None else max(3, self.period_ // self.season_div)
+        self.season_eps_ = 1e-9 * span
         state = NoveltyState(grids=[GridState(keys=[np.zeros(0, np.int64) for _ in range(self.max_order)],
                                               counts=[np.zeros(0, np.int64) for _ in range(self.max_order)],
                                               last_bins=np.zeros(0, np.int64)) for _ in range(self.n_grids)])
@@ -150,6 +167,8 @@ class ContextNoveltyDetector:
         z = _burst_z(seq_all, self.short, self.long)[-n:]
         seq_novelty = np.clip(z / self.z_scale, 0.0, self.seq_cap)
         raw = np.maximum(value_novelty, seq_novelty)
+        if self.period_ is not None:
+            raw = np.maximum(raw, self._season_novelty(x, state))
         # 3. suppression: keep only new peaks over the previous `suppress_` raw scores
         raw_all = np.concatenate([state.raw_tail, raw])
         if self.suppress_ > 0:
@@ -161,6 +180,23 @@ class ContextNoveltyDetector:
         state.raw_tail = raw_all[-self.suppress_:] if self.suppress_ > 0 else raw_all[:0]
         state.rows += n
         return np.clip(score, 0.0, 1.0)
+
+    def _season_novelty(self, x: np.ndarray, state: NoveltyState) -> np.ndarray:
+        """z of (mean of the last m rows - the same mean one season earlier) against its last ``long`` values."""
+        n, period, m = x.size, self.period_, self.season_rows_
+        values = np.concatenate([state.value_tail, x])
+        level = pd.Series(values).rolling(m, min_periods=1).mean()
+        one = (level - level.shift(period)).to_numpy()[-n:]
+        two = (level - level.shift(2 * period)).to_numpy()[-n:]  # an event one season ago does not echo
+        diff = np.where(np.isnan(two) | (np.abs(one) <= np.abs(two)), one, two)
+        d_all = pd.Series(np.concatenate([state.season_tail, diff]))
+        before = d_all.shift(1)
+        mu = before.rolling(self.long, min_periods=50).mean()
+        sd = before.rolling(self.long, min_periods=50).std()
+        z = ((d_all - mu).abs() / (sd + self.season_eps_)).fillna(0.0).to_numpy()[-n:]
+        state.value_tail = values[-(2 * period + m - 1):]
+        state.season_tail = d_all.to_numpy()[-self.long:]
+        return np.clip(z / self.season_scale, 0.0, 1.0)
 
     def _count_contexts(self, b: np.ndarray, grid: GridState) -> np.ndarray:
         """Per order, whether each row's context is new (never seen before it); updates the grid's counts."""
@@ -192,6 +228,24 @@ def _as_series(X) -> np.ndarray:
     if x.ndim != 1:
         raise ValueError(f"ContextNoveltyDetector is univariate: expected shape (n,) or (n, 1), got {x.shape}")
     return x
+
+
+def season_period(x: np.ndarray, min_acf: float, min_lag: int = 4) -> int | None:
+    """Lag of the strongest local autocorrelation maximum in ``[min_lag, len(x) / 2)`` if it reaches ``min_acf``."""
+    x = np.asarray(x, dtype="float64") - np.mean(x)
+    n = x.size
+    f = np.fft.rfft(x, 2 * n)
+    ac = np.fft.irfft(f * np.conj(f))[:n]
+    if n < 2 * min_lag + 2 or ac[0] <= 0:
+        return None
+    ac = ac / ac[0]
+    lags = np.arange(min_lag, n // 2)
+    a = ac[lags]
+    peak = (a > ac[lags - 1]) & (a >= ac[lags + 1])
+    if not peak.any():
+        return None
+    lag = int(lags[peak][np.argmax(a[peak])])
+    return lag if ac[lag] >= min_acf else None
 
 
 def _prior_counts(key: np.ndarray, known: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -35,8 +35,33 @@ def test_run_skab_on_a_slice():
     assert "choices" in r and r["settings"]["lags"] == 25
     assert "cellwatch ensemble (defaults)" in r["table"] and "Conv-AE" in r["table"]
     assert r["ours_ensemble"]["files"] == 2
+    assert r["factor_rule"]["selection_files"] == 1  # one selection file: the rule needs two, says so
     with pytest.raises(CellwatchError):
         run_skab(DATASETS / "skab", files=["valve9/0.csv"])
+
+
+def test_factor_rule_picks_the_best_f1_within_the_far_budget():
+    from cellwatch.detect.bench_skab import choose_factor
+    factors = (2.0, 3.0, 4.0)
+    # files x factors x (TP, FP, FN, TN): a higher factor flags fewer rows
+    counts = np.array([[[98, 30, 2, 70], [80, 12, 20, 88], [50, 2, 50, 98]],
+                       [[49, 10, 1, 40], [40, 6, 10, 44], [30, 1, 20, 49]]])
+    # pooled FAR 26.7 / 12.0 / 2.0 %, F1 0.872 / 0.833 / 0.687
+    assert choose_factor(counts, factors, 30.0) == 0
+    assert choose_factor(counts, factors, 13.6) == 1
+    assert choose_factor(counts, factors, 5.0) == 2
+    assert choose_factor(counts, factors, 1.0) == 2  # nothing meets the budget -> the largest factor
+
+
+def test_factor_counts_match_the_detector_at_the_default_factor():
+    from cellwatch.detect.bench_skab import SKAB_DETECTOR, TRAIN_ROWS, _counts_by_factor, predict_file
+    path = DATASETS / "skab" / "valve1" / "0.csv"
+    df = read_skab(path)
+    pred, _ = predict_file(df)
+    y = df["anomaly"].to_numpy()[TRAIN_ROWS:] == 1
+    expect = [(pred[y] == 1).sum(), (pred[~y] == 1).sum(), (pred[y] == 0).sum(), (pred[~y] == 0).sum()]
+    got = _counts_by_factor(path, np.array([SKAB_DETECTOR["factor"]]))[0]
+    assert got.tolist() == expect
 
 
 def test_published_nab_anchors_reproduce_the_readme_table():

@@ -30,8 +30,33 @@ def test_new_value_range_scores_high_and_familiar_values_score_zero():
     test[900] = 40.0  # far outside anything seen
     s = model.decision_function(test)
     assert s[900] > 0.9
-    assert s[:900].max() < 0.1 and s[1000:].max() < 0.1  # the periodic signal itself stays familiar
     assert s.min() >= 0 and s.max() <= 1
+    assert model.period_ == 50  # the season of the training rows (its part stays below the threshold on noise)
+    assert s[:900].max() < 0.35 and s[1000:].max() < 0.35
+    no_season = ContextNoveltyDetector(season_acf=None).fit(x[:300])
+    assert no_season.period_ is None
+    s = no_season.decision_function(test)
+    assert s[900] > 0.9 and s[:900].max() < 0.1 and s[1000:].max() < 0.1  # the signal's values stay familiar
+
+
+def test_season_is_found_and_a_missing_peak_fires_without_an_echo():
+    from cellwatch.detect.univariate import season_period
+    rng = np.random.default_rng(5)
+    t = np.arange(4000)
+    x = np.where(t % 200 < 60, 80.0, 20.0) + rng.normal(0, 1.0, t.size)  # a daily block, as in NAB's nojump
+    assert season_period(x[:600], 0.5) == 200
+    assert season_period(rng.normal(size=600), 0.5) is None  # noise has no season
+    x[1510] = 200.0  # a spike; one season later nothing happens
+    x[2400:2460] = 20.0 + rng.normal(0, 1.0, 60)  # one block does not come: every value is familiar
+    model = ContextNoveltyDetector(long=150).fit(x[:600])  # the spike has left the z history by its echo
+    s = model.decision_function(x[600:])
+    spike, miss = 1510 - 600, 2400 - 600
+    assert s[:spike].max() < 0.5 and s[spike] > 0.9
+    assert s[spike + 1:miss].max() < 0.5  # no echo of the spike one season later
+    assert s[miss:miss + 60].max() > 0.5  # the seasonal part sees the missing block
+    assert s[miss + 460:].max() < 0.5  # and is quiet again after its two-season memory
+    flat = ContextNoveltyDetector(season_acf=None).fit(x[:600]).decision_function(x[600:])
+    assert flat[miss:miss + 60].max() < 0.5  # without the seasonal part the missing block is invisible
 
 
 def test_suppression_silences_a_repeat_alarm_but_not_without_it():
@@ -50,8 +75,9 @@ def test_sequence_novelty_finds_a_new_rhythm_inside_the_known_range():
     t = np.arange(3000)
     x = 10 + 5 * np.sin(2 * np.pi * t / 50) + rng.normal(0, 0.05, t.size)
     x[2000:2300] = 10 + 5 * np.sin(2 * np.pi * t[2000:2300] / 13) + rng.normal(0, 0.05, 300)  # same values
-    seq = ContextNoveltyDetector().fit(x[:450]).decision_function(x[450:])
-    value_only = ContextNoveltyDetector(max_order=1).fit(x[:450]).decision_function(x[450:])
+    # the seasonal part is off here: it would also see the rhythm (and its end), this test is about sequences
+    seq = ContextNoveltyDetector(season_acf=None).fit(x[:450]).decision_function(x[450:])
+    value_only = ContextNoveltyDetector(max_order=1, season_acf=None).fit(x[:450]).decision_function(x[450:])
     lo, hi = 2000 - 450, 2300 - 450
     assert seq[lo:hi].max() > 0.4 and max(seq[:lo].max(), seq[hi:].max()) < 0.3
     assert value_only[lo:hi].max() < 0.2  # the value-novelty part alone hardly sees it (a fine grid's new bin)
@@ -61,6 +87,7 @@ def test_scores_do_not_depend_on_batches_or_on_the_future():
     x = _periodic(2500, seed=3)
     x[1800:1900] += 8
     model = ContextNoveltyDetector(long=500).fit(x[:400])
+    assert model.period_ == 50  # the seasonal part's tails are carried across batches too
     whole = model.decision_function(x[400:])
     state = model.new_state()
     parts = np.concatenate([model.score_batch(x[400:][i:i + 137], state) for i in range(0, 2100, 137)])
