@@ -7,6 +7,12 @@ open while anomalies keep coming and closes once ``close_after`` consecutive rea
 (``end_ts`` = the last anomalous reading). Severity grows with the peak score and the number of
 anomalous readings (:data:`SEVERITY_BANDS`).
 
+Severity path (optional, ``severe_evidence``): isolated readings far outside anything clean data showed (a spike
+fault: a few single readings minutes apart) never meet k-of-n. A flagged reading whose *evidence* - the largest
+``contribution`` in its ``top_sensors`` (robust standard deviations of its worst window feature, unclipped,
+unlike the score) - exceeds the threshold of its (station, recipe) model opens an incident on its own, starting
+at that reading. The thresholds are learnt from clean validation data (``cellwatch.detect.train``).
+
 Only anomalous readings are walked in Python; normal readings just advance a position counter.
 """
 
@@ -27,19 +33,30 @@ SEVERITY_BANDS: tuple[tuple[str, float, int], ...] = (("critical", 0.9, 200), ("
 _TOP_SENSORS = 5
 
 
-def count_incidents(flags_by_line: list[np.ndarray], k: int, n: int, close_after: int) -> int:
+def _open_condition(flags: np.ndarray, k: int, n: int, severe: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the anomalous readings and, per anomalous reading, whether it may open an incident."""
+    a = np.flatnonzero(flags)
+    cond = np.zeros(a.size, dtype=bool)
+    if a.size >= k:
+        cond[k - 1:] = a[k - 1:] - a[: a.size - k + 1] < n
+    if severe is not None:
+        cond |= np.asarray(severe, dtype=bool)[a]
+    return a, cond
+
+
+def count_incidents(flags_by_line: list[np.ndarray], k: int, n: int, close_after: int,
+                    severe_by_line: list[np.ndarray] | None = None) -> int:
     """How many incidents the k-of-n / hysteresis rule opens on boolean anomaly flags (one array per stream).
 
-    Vectorised twin of :class:`IncidentTracker` (same rule) used to choose thresholds.
+    Vectorised twin of :class:`IncidentTracker` (same rule) used to choose thresholds; ``severe_by_line``
+    (optional, same shapes) marks the readings the severity path lets open an incident on their own.
     """
     total = 0
-    for flags in flags_by_line:
-        a = np.flatnonzero(flags)
-        if a.size < k:
+    for i, flags in enumerate(flags_by_line):
+        a, cond = _open_condition(flags, k, n, None if severe_by_line is None else severe_by_line[i])
+        if not cond.any():
             continue
         segment = np.concatenate([[0], np.cumsum(np.diff(a) - 1 >= close_after)])
-        cond = np.zeros(a.size, dtype=bool)
-        cond[k - 1:] = a[k - 1:] - a[: a.size - k + 1] < n
         total += np.unique(segment[cond]).size
     return total
 
@@ -92,26 +109,54 @@ def _incident_frame(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def _sensor_names(top: object) -> list[str]:
+def _explained(top: object) -> tuple[list[str], float]:
+    """Sensor names of a ``top_sensors`` JSON list and its largest ``contribution`` (0 when none)."""
     if not isinstance(top, str) or not top:
-        return []
+        return [], 0.0
     try:
         items = orjson.loads(top)
     except orjson.JSONDecodeError:
-        return []
-    return [str(d["sensor"]) for d in items if isinstance(d, dict) and "sensor" in d]
+        return [], 0.0
+    items = [d for d in items if isinstance(d, dict)]
+    contrib = [float(d["contribution"]) for d in items if isinstance(d.get("contribution"), int | float)]
+    return [str(d["sensor"]) for d in items if "sensor" in d], max(contrib, default=0.0)
+
+
+def _sensor_names(top: object) -> list[str]:
+    return _explained(top)[0]
+
+
+def evidence(top_sensors: pd.Series | np.ndarray) -> np.ndarray:
+    """Severity-path evidence per row: the largest ``contribution`` in its ``top_sensors`` (0 without one)."""
+    return np.array([_explained(t)[1] for t in np.asarray(top_sensors, dtype=object)], dtype="float64")
 
 
 class IncidentTracker:
     """k-of-n to open, hysteresis to close; state per (line, station). Feed scored rows in time order."""
 
     def __init__(self, k: int = 3, n: int = 5, close_after: int = 10,
-                 severity_bands: tuple[tuple[str, float, int], ...] = SEVERITY_BANDS):
+                 severity_bands: tuple[tuple[str, float, int], ...] = SEVERITY_BANDS,
+                 severe_evidence: dict[tuple[str, str], float] | None = None):
         if not 1 <= k <= n:
             raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
         self.k, self.n, self.close_after = k, n, close_after
         self.severity_bands = severity_bands
+        #: (station, recipe) -> evidence above which one flagged reading opens an incident; recipe "*" = any
+        self.severe_evidence = dict(severe_evidence or {})
         self._streams: dict[tuple[str, str], _Stream] = {}
+
+    def _severe_thresholds(self, scored: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+        """Severity-path threshold of each of ``rows`` (inf where its model has none)."""
+        out = np.full(rows.size, np.inf)
+        if not self.severe_evidence or rows.size == 0:
+            return out
+        station = scored["station"].to_numpy(dtype=object)[rows].astype(str)
+        recipe = (scored["recipe"].to_numpy(dtype=object)[rows] if "recipe" in scored
+                  else np.full(rows.size, None, dtype=object))
+        # a recipe's own model wins over the station's "*" model (as StationModels.model_for chooses)
+        for (st, rec), thr in sorted(self.severe_evidence.items(), key=lambda kv: kv[0][1] != "*"):
+            out[(station == st) & ((recipe == rec) if rec != "*" else True)] = thr
+        return out
 
     # ------------------------------------------------------------------------------------------ output
     def _severity(self, inc: _Open) -> str:
@@ -146,6 +191,9 @@ class IncidentTracker:
         tops = scored["top_sensors"].to_numpy(object) if "top_sensors" in scored else np.full(len(scored), None)
         scores = scored["anomaly_score"].to_numpy(dtype="float64")
         seqs = scored["seq"].to_numpy()
+        anomalous = np.flatnonzero(flags_all)
+        severe_thr = np.full(len(scored), np.inf)
+        severe_thr[anomalous] = self._severe_thresholds(scored, anomalous)
         for code, key in enumerate(keys):
             rows = np.flatnonzero(codes == code)
             st = self._streams.setdefault(key, _Stream())
@@ -154,13 +202,17 @@ class IncidentTracker:
             for r in rows[flags_all[rows]]:
                 p = base + int(np.searchsorted(rows, r))
                 self._close_if_quiet(key, st, p, out, ts_all.iloc[r])
-                item = (p, seqs[r], ts_all.iloc[r], float(scores[r]), str(kinds[r]), _sensor_names(tops[r]))
+                names, strength = _explained(tops[r])
+                item = (p, seqs[r], ts_all.iloc[r], float(scores[r]), str(kinds[r]), names)
                 if st.open is not None:
                     st.open.add(item[3], item[2], item[4], item[5])
                     out[st.open.incident_id] = self._row(key, st.open, "open", ts_all.iloc[r])
                 else:
                     window = [*st.recent, item][-self.k:]
-                    if len(window) == self.k and p - window[0][0] < self.n:
+                    if not (len(window) == self.k and p - window[0][0] < self.n):
+                        # severity path: one reading with evidence beyond its model's threshold opens on its own
+                        window = [item] if strength > severe_thr[r] else None
+                    if window is not None:
                         first = window[0]
                         inc = _Open(f"{key[0]}/{key[1]}/{first[1]}", first[2], first[3], first[2], first[2])
                         for _, _, t, sc, kd, sn in window:
@@ -254,19 +306,18 @@ class IncidentTracker:
         return normal_after < self.close_after  # closed only by the readings being processed again
 
 
-def open_mask(flags: np.ndarray, k: int, n: int, close_after: int) -> np.ndarray:
+def open_mask(flags: np.ndarray, k: int, n: int, close_after: int, severe: np.ndarray | None = None) -> np.ndarray:
     """Per reading of one stream: is an incident open after this reading? (online; same rule as the tracker).
 
-    Open from the reading that meets k-of-n until the ``close_after``-th consecutive normal reading closes it.
+    Open from the reading that meets k-of-n (or is ``severe``) until the ``close_after``-th consecutive normal
+    reading closes it.
     """
     flags = np.asarray(flags, dtype=bool)
     out = np.zeros(flags.size, dtype=bool)
-    a = np.flatnonzero(flags)
-    if a.size < k:
+    a, cond = _open_condition(flags, k, n, severe)
+    if not cond.any():
         return out
     segment = np.concatenate([[0], np.cumsum(np.diff(a) - 1 >= close_after)])
-    cond = np.zeros(a.size, dtype=bool)
-    cond[k - 1:] = a[k - 1:] - a[: a.size - k + 1] < n
     first_open = pd.Series(np.where(cond, a, np.iinfo(np.int64).max)).groupby(segment).min().to_numpy()
     last_anom = pd.Series(a).groupby(segment).max().to_numpy()
     ok = first_open < np.iinfo(np.int64).max
