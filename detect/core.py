@@ -216,19 +216,26 @@ class LineScorer:
         """Scores per reading and the readings' sensors as robust z values against their station model.
 
         The z values (``(x - median) / scale`` of the model of the reading's station and recipe) are what the
-        cell features use, so a feature means the same for every recipe. The batch's sensor columns are read
-        into one matrix once; each (station, recipe) group gets a small frame of its own sensors only.
+        cell features use, so a feature means the same for every recipe. The batch's sensor columns, times and
+        lines are read once; each (station, recipe) group is scored on arrays of its own sensors
+        (:meth:`StationModel.score_arrays`, no frame per group).
         """
         n = len(r)
         columns = [c for c in r.columns if c not in READING_KEYS]
         col_of = {c: i for i, c in enumerate(columns)}
-        values = r[columns].to_numpy(dtype="float64") if columns else np.zeros((n, 0))
+        # the batch's sensor values, plus one all-NaN column for the sensors a batch lacks
+        values = np.full((n, len(columns) + 1), np.nan)
+        if columns:
+            values[:, :-1] = r[columns].to_numpy(dtype="float64")
         zv = np.full((n, len(columns)), np.nan)
         score = np.zeros(n)
         flag = np.zeros(n, dtype=bool)
         kind = np.empty(n, dtype=object)
         top = np.full(n, None, dtype=object)
-        ts, line = r["ts"].array, r["line"].to_numpy(dtype=object)
+        t = pd.DatetimeIndex(r["ts"]).as_unit("ns")
+        times = t.asi8.astype("float64") / 1e9
+        times[t.isna()] = np.nan
+        line_code, line_names = pd.factorize(r["line"].astype(str).fillna("_"), sort=False)
         recipe = r["recipe"].where(r["recipe"].notna(), None)
         codes, keys = pd.factorize(pd.MultiIndex.from_arrays([r["station"], recipe.fillna(ANY)]), sort=False)
         order = np.argsort(codes, kind="stable")
@@ -243,18 +250,18 @@ class LineScorer:
             key, model = found
             if key not in state.model_states:
                 state.model_states[key] = model.new_state()
-            present = [c for c in model.sensors_ if c in col_of]
-            cols = [col_of[c] for c in present]
+            cols = [col_of.get(c, len(columns)) for c in model.sensors_]
             raw = values[np.ix_(idx, cols)]
-            sub = pd.DataFrame({"ts": ts[idx], "line": line[idx], **dict(zip(present, raw.T, strict=True))})
-            out = model.score(sub, state.model_states[key])
-            score[idx] = out["anomaly_score"].to_numpy(dtype="float64")
-            flag[idx] = out["is_anomaly"].to_numpy(dtype=bool)
-            kind[idx] = out["kind"].to_numpy(dtype=object)
-            top[idx] = out["top_sensors"].to_numpy(dtype=object)
+            out = model.score_arrays(raw, times[idx], _split_lines(line_code[idx], line_names),
+                                     state.model_states[key])
+            score[idx] = out.anomaly_score
+            flag[idx] = out.is_anomaly
+            kind[idx] = out.kind
+            top[idx] = out.top_sensors
+            present = [j for j, c in enumerate(cols) if c < len(columns)]
             if present:
-                pos = [model.sensors_.index(c) for c in present]
-                zv[np.ix_(idx, cols)] = (raw - model.scaler_.median_[pos]) / model.scaler_.scale_[pos]
+                pc = [cols[j] for j in present]
+                zv[np.ix_(idx, pc)] = (raw[:, present] - model.scaler_.median_[present]) / model.scaler_.scale_[present]
         if unknown:
             raise ValueError(f"no station model for station(s) {sorted(set(unknown))}; known: "
                              f"{', '.join(self.stations.stations)} (filter with LineScorer.accepts)")
@@ -397,6 +404,14 @@ class LineScorer:
         if not frames:
             return pd.DataFrame(columns=BAND_COLUMNS)
         return pd.concat(frames, ignore_index=True)[BAND_COLUMNS]
+
+
+def _split_lines(codes: np.ndarray, names) -> list[tuple[str, np.ndarray]]:
+    """(line, row positions) per line code present in ``codes``, rows in order."""
+    first = codes[0]
+    if (codes == first).all():
+        return [(names[first], np.arange(len(codes)))]
+    return [(names[c], np.flatnonzero(codes == c)) for c in np.unique(codes)]
 
 
 def _carry_forward(cells: np.ndarray, own: np.ndarray, stored: dict[str, np.ndarray]

@@ -8,14 +8,14 @@ Profiled on the service's micro-batches (one station's share of a 2000-record ba
   ``apply`` runs on one float32 copy of X: 1.4 ms per call, identical scores.
 * ``HBOS``: PyOD's ``_calculate_outlier_scores`` is ``@njit`` without ``cache=True``: every new process
   compiles it on its first call (seconds; the first batch after every restart waited for it).
-  :func:`hbos_decision_function` is the same rule vectorised with NumPy.
+  :func:`hbos_decision_function` is the same rule, compiled once per machine (numba's on-disk cache).
 
 * ``IForest`` again (second pass): even with one X copy, ``Tree.apply`` costs ~10 us of Python per tree and
   call; :class:`FastIForest` packs the 100 trees into arrays once and walks them in one compiled loop
   (:func:`_forest_depths`, numba with an on-disk cache: compiled once per machine, not once per process), the
   depths summed per row in tree order exactly as before (identical scores). Rows with NaN take the per-tree path.
-* ``HBOS``: the bin of every value by :func:`numpy.searchsorted` per feature instead of a (rows x features x
-  edges) comparison (the same integer bins, so the same scores).
+* ``HBOS``: the bin of every value by a binary search and the per-row sum in NumPy's order, in one compiled
+  loop (:func:`cellwatch.detect.kernels.hbos_scores`; the same integer bins and sums, so the same scores).
 * ``PCA``: PyOD's ``decision_function`` minus scikit-learn's input validation (``check_array`` costs more than
   the distance computation on a micro-batch): the same ``cdist`` expression on finite float64 input.
 
@@ -26,8 +26,9 @@ PyOD when the fitted object does not have the expected shape (another scikit-lea
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 from scipy.spatial.distance import cdist
+
+from cellwatch.detect.kernels import compiled, hbos_scores
 
 
 def hbos_decision_function(hbos, X: np.ndarray) -> np.ndarray:
@@ -35,21 +36,9 @@ def hbos_decision_function(hbos, X: np.ndarray) -> np.ndarray:
     edges, hist = hbos.bin_edges_, hbos.hist_  # (n_bins + 1, d), (n_bins, d)
     if isinstance(hbos.n_bins, str) or edges.ndim != 2:
         return hbos.decision_function(X)
-    X = np.asarray(X, dtype="float64")
-    n_bins = hist.shape[0]
     log_h = np.log2(hist + hbos.alpha)
-    lowest = log_h.min(axis=0)
-    # np.digitize(x, e, right=True): the number of edges below x (NaN: past the end)
-    b = np.empty(X.shape, dtype=np.intp)
-    for j in range(X.shape[1]):
-        b[:, j] = np.searchsorted(edges[:, j], X[:, j], side="left")
-    b[np.isnan(X)] = n_bins + 1
-    s = log_h[np.clip(b - 1, 0, n_bins - 1), np.arange(X.shape[1])]
-    # below the first / above the last edge: the edge bin if within tol bin widths, else the rarest bin
-    with np.errstate(invalid="ignore"):
-        far_lo = (b == 0) & ~(edges[0] - X <= (edges[1] - edges[0]) * hbos.tol)
-        far_hi = (b == n_bins + 1) & ~(X - edges[-1] <= (edges[-1] - edges[-2]) * hbos.tol)
-    return -np.where(far_lo | far_hi, lowest, s).sum(axis=1)
+    return hbos_scores(np.ascontiguousarray(X, dtype="float64"), np.ascontiguousarray(edges.T, dtype="float64"),
+                       log_h, log_h.min(axis=0), float(hbos.tol))
 
 
 class FastIForest:
@@ -111,15 +100,7 @@ class FastIForest:
         return self.offset - self.score_samples(X)
 
 
-def _compiled(fn):
-    """numba-compiled ``fn``, cached on disk when the source has a cache location (else compiled per process)."""
-    try:
-        return njit(cache=True, nogil=True)(fn)
-    except RuntimeError:  # "no locator available": e.g. source without a file, no writable cache directory
-        return njit(nogil=True)(fn)
-
-
-@_compiled
+@compiled
 def _forest_depths(X32, left, right, feature, threshold, leaf_depth, max_depth):  # pragma: no cover - compiled
     """Per row, the sum over trees (in tree order) of the path-length estimate of the leaf the row reaches;
     ``X[f] <= threshold`` goes left, float32 values compared as float64 like scikit-learn's ``Tree.apply``.

@@ -10,8 +10,8 @@ For every sensor and every row the features look at the last ``window`` readings
 * ``jump``   - the reading minus the mean of the window before it, in units of the typical window spread
   (a spike or step against the local behaviour, even on a sensor whose level moves a lot).
 
-Each window is reduced independently (``sliding_window_view``), so a row's features depend only on its
-own window: cutting the stream into batches, or restarting from the last readings, gives bit-identical
+Each window is reduced independently (compiled, :mod:`cellwatch.detect.kernels`), so a row's features depend
+only on its own window: cutting the stream into batches, or restarting from the last readings, gives bit-identical
 features. The first ``window - 1`` rows of a line (warm-up) get the window mean of the readings available and
 neutral spread/slope, so a new line does not alarm on noisy small-sample statistics.
 """
@@ -21,11 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+
+from cellwatch.detect.kernels import segment_window_features, segment_window_stats
 
 FEATURES = ("level", "mean", "spread", "slope", "jump")
-#: Rows per chunk so that a chunk's (rows x sensors x window) view stays around 16M floats.
-_CHUNK_ELEMENTS = 16_000_000
 _EPS = 1e-9
 
 
@@ -60,23 +59,20 @@ def feature_names(sensors: list[str]) -> list[str]:
 
 def _window_stats(z: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Masked mean, std, slope and count over trailing windows of ``z`` (rows x sensors), NaN = absent."""
+    one = np.zeros(1, dtype=np.int64)
+    return segment_window_stats(np.ascontiguousarray(z, dtype="float64"), one, one, one + len(z), window)
+
+
+def segment_features(z: np.ndarray, ctx: np.ndarray, out: np.ndarray, end: np.ndarray, window: int,
+                     ref_std: np.ndarray) -> np.ndarray:
+    """Window features of the output rows ``[out[k], end[k])`` of every segment (one line's context rows
+    ``[ctx[k], end[k])`` of ``z``, oldest first), stacked in segment order; see :func:`window_features`."""
+    F, enough = segment_window_features(np.ascontiguousarray(z, dtype="float64"), ctx, out, end, window,
+                                        np.asarray(ref_std, dtype="float64"))
     s = z.shape[1]
-    padded = np.concatenate([np.full((window - 1, s), np.nan), z], axis=0)
-    view = sliding_window_view(padded, window, axis=0)  # (n, s, window), oldest first
-    mask = ~np.isnan(view)
-    cnt = mask.sum(axis=2)
-    vals = np.where(mask, view, 0.0)
-    safe = np.maximum(cnt, 1)
-    mean = vals.sum(axis=2) / safe
-    dev = np.where(mask, view - mean[..., None], 0.0)
-    std = np.sqrt((dev * dev).sum(axis=2) / safe)
-    t = np.arange(window, dtype="float64")
-    tmean = (mask * t).sum(axis=2) / safe
-    tdev = np.where(mask, t - tmean[..., None], 0.0)
-    denom = (tdev * tdev).sum(axis=2)
-    slope = np.where(denom > 0, (tdev * dev).sum(axis=2) / np.where(denom > 0, denom, 1.0), 0.0)
-    mean = np.where(cnt > 0, mean, np.nan)
-    return mean, std, slope * window, cnt
+    with np.errstate(divide="ignore", invalid="ignore"):
+        F[:, 2 * s:3 * s] = np.where(enough, np.log(F[:, 2 * s:3 * s]), 0.0)
+    return F
 
 
 def window_features(z_context: np.ndarray, n_out: int, window: int, ref_std: np.ndarray) -> np.ndarray:
@@ -86,33 +82,9 @@ def window_features(z_context: np.ndarray, n_out: int, window: int, ref_std: np.
     reading, imputed by the expected value (z = 0) for the level and ignored by the window statistics.
     Returns an (n_out x 5*sensors) matrix in :func:`feature_names` order.
     """
-    n_ctx, s = z_context.shape
-    start = n_ctx - n_out
-    ctx_from = max(0, start - (window - 1))
-    z = z_context[ctx_from:]
-    off = start - ctx_from
-    out = np.empty((n_out, len(FEATURES) * s), dtype="float64")
-    step = max(1, _CHUNK_ELEMENTS // max(1, s * window))
-    for a in range(0, n_out, step):
-        b = min(n_out, a + step)
-        lo = off + a - (window - 1)
-        chunk = z[max(0, lo): off + b]
-        pad = max(0, -lo)
-        if pad:
-            chunk = np.concatenate([np.full((pad, s), np.nan), chunk], axis=0)
-        mean, std, slope, cnt = _window_stats(chunk, window)
-        mean, std, slope, cnt = (x[window - 1:] for x in (mean, std, slope, cnt))
-        level = chunk[window - 1:]
-        enough = cnt >= window  # warm-up rows of a new line: window mean only, no spread/slope
-        spread = np.where(enough, np.log((std + 0.05) / (ref_std + 0.05)), 0.0)
-        out[a:b, 0:s] = np.nan_to_num(level, nan=0.0)
-        out[a:b, s:2 * s] = np.nan_to_num(mean, nan=0.0)
-        out[a:b, 2 * s:3 * s] = spread
-        out[a:b, 3 * s:4 * s] = np.where(enough, slope, 0.0)
-        prev_mean = (mean * cnt - np.nan_to_num(level)) / np.maximum(cnt - 1, 1)  # window mean without the reading
-        jump = (level - prev_mean) / (ref_std + 0.05)
-        out[a:b, 4 * s:5 * s] = np.where(enough & ~np.isnan(level), jump, 0.0)
-    return out
+    n_ctx = len(z_context)
+    seg = np.zeros(1, dtype=np.int64)
+    return segment_features(z_context, seg, seg + (n_ctx - n_out), seg + n_ctx, window, ref_std)
 
 
 def reference_std(z_lines: list[np.ndarray], window: int) -> np.ndarray:

@@ -35,7 +35,15 @@ from cellwatch.contract import READING_KEYS
 from cellwatch.detect.calibration import SCORE_DECADES, probability_to_score, threshold_for_budget
 from cellwatch.detect.ensemble import MEMBERS, FeatureEnsemble
 from cellwatch.detect.explain import sensor_contributions, top_sensors_json
-from cellwatch.detect.features import FEATURES, RobustScaler, feature_names, reference_std, window_features
+from cellwatch.detect.features import (
+    FEATURES,
+    RobustScaler,
+    feature_names,
+    reference_std,
+    segment_features,
+    window_features,
+)
+from cellwatch.detect.kernels import segment_quality, segment_since
 from cellwatch.detect.quality import QualityChecker
 from cellwatch.detect.warmup import MIN_RESUME_GAP_S, RESUME_GAP_STEPS, WarmupProfile, seconds_since_resume
 
@@ -62,6 +70,16 @@ def sensor_matrix(frame: pd.DataFrame, sensors: list[str]) -> np.ndarray:
     cols = [frame[s].to_numpy(dtype="float64") if s in frame.columns else np.full(len(frame), np.nan)
             for s in sensors]
     return np.column_stack(cols) if cols else np.zeros((len(frame), 0))
+
+
+@dataclass
+class StationScores:
+    """:meth:`StationModel.score_arrays` output, one entry per input row (the :data:`SCORE_COLUMNS`)."""
+
+    anomaly_score: np.ndarray
+    is_anomaly: np.ndarray
+    kind: np.ndarray
+    top_sensors: np.ndarray
 
 
 @dataclass
@@ -318,56 +336,104 @@ class StationModel:
     def score(self, readings: pd.DataFrame, state: WindowState) -> pd.DataFrame:
         """Score a batch (rows in time order per line); one output row per input row, same index. Updates ``state``."""
         self._check_fitted()
-        n_rows = len(readings)
-        out = pd.DataFrame(index=readings.index)
-        if n_rows == 0:
+        if len(readings) == 0:
+            out = pd.DataFrame(index=readings.index)
             for c, dt in zip(SCORE_COLUMNS, ("float64", "bool", "object", "object"), strict=True):
                 out[c] = pd.Series(dtype=dt)
             return out
-        raw = self._raw(readings)
-        times = _epoch_seconds(readings.get("ts"), n_rows)
-        s = len(self.sensors_)
-        F = np.empty((n_rows, len(FEATURES) * s))
-        issues = {k: np.zeros((n_rows, s), dtype=bool) for k in ("out_of_range", "missing", "stuck")}
-        gap = np.zeros(n_rows, dtype=bool)
-        dt_out = np.full(n_rows, np.nan)
-        for line, idx in self._split_lines(readings):
-            tail_v = state.values.get(line, np.zeros((0, s)))
-            tail_t = state.times.get(line, np.zeros(0))
-            ctx_v = np.concatenate([tail_v, raw[idx]], axis=0)
-            ctx_t = np.concatenate([tail_t, times[idx]])
-            if line not in state.times:  # a new stream: did it start with a restart?
-                started = self._start_time(raw[idx[0]], times[idx[0]])
-                if np.isfinite(started):
-                    state.started[line] = started
-            F[idx] = self._line_features(ctx_v, len(idx), ctx_t, state.started.get(line, np.nan))
-            dt = np.diff(ctx_t, prepend=np.nan)[-len(idx):]
-            checks = self.quality_.check(ctx_v[-(len(idx) + self._context()):], len(idx), dt)
-            for key in issues:
-                issues[key][idx] = checks[key]
-            gap[idx] = checks["gap"]
-            dt_out[idx] = dt
-            state.values[line] = ctx_v[-self.history_:].copy()
-            state.times[line] = ctx_t[-self.history_:].copy()
-        p = self.ensemble_.probability(F)
-        score = probability_to_score(p, self.score_decades)
-        dq = issues["out_of_range"].any(axis=1) | issues["missing"].any(axis=1) | issues["stuck"].any(axis=1) | gap
-        process = score >= self.threshold_
-        is_anom = process | dq
-        score = np.where(dq, np.maximum(score, self.threshold_), score)
-        kind = np.where(dq, "data_quality", np.where(process, "process", "normal")).astype(object)
-        top = np.full(n_rows, None, dtype=object)
-        rows = np.flatnonzero(is_anom)
-        if rows.size:
-            Z = self.ensemble_._standardise(F[rows])
-            contrib = sensor_contributions(Z, s)
-            sub_issues = {k: v[rows] for k, v in issues.items()}
-            top[rows] = top_sensors_json(np.arange(rows.size), contrib, raw[rows], self.scaler_.median_,
-                                         self.sensors_, sub_issues, gap[rows], dt_out[rows], self.median_dt_)
+        res = self.score_arrays(self._raw(readings), _epoch_seconds(readings.get("ts"), len(readings)),
+                                self._split_lines(readings), state)
         idx = readings.index
-        return pd.DataFrame({"anomaly_score": score, "is_anomaly": is_anom,
-                             "kind": pd.Series(kind, index=idx, dtype=object),
-                             "top_sensors": pd.Series(top, index=idx, dtype=object)}, index=idx)
+        return pd.DataFrame({"anomaly_score": res.anomaly_score, "is_anomaly": res.is_anomaly,
+                             "kind": pd.Series(res.kind, index=idx, dtype=object),
+                             "top_sensors": pd.Series(res.top_sensors, index=idx, dtype=object)}, index=idx)
+
+    def score_arrays(self, raw: np.ndarray, times: np.ndarray, lines: list[tuple[str, np.ndarray]],
+                     state: WindowState) -> StationScores:
+        """:meth:`score` on arrays: ``raw`` (rows x ``sensors_``, NaN = absent), ``times`` (epoch seconds, NaN =
+        unknown) and ``lines`` = (line, row positions in time order) covering every row. Updates ``state``.
+
+        All lines are scored together: their window-state tails and new rows are stacked as segments of one
+        array, and the window features, data-quality checks and warm-up clocks of every segment come from one
+        compiled call each (:mod:`cellwatch.detect.kernels`), the ensemble from one call per member."""
+        self._check_fitted()
+        n_rows, s = raw.shape
+        profile = getattr(self, "warmup_", None)
+        back = self._context()  # the features (window - 1) and quality checks (context_) look back this far
+        n_seg = len(lines)
+        if n_rows == 0 or n_seg == 0:
+            return StationScores(np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=object),
+                                 np.zeros(0, dtype=object))
+        ctx, out, end, tail_len = (np.empty(n_seg, dtype=np.int64) for _ in range(4))
+        started = np.full(n_seg, np.nan)
+        tails, parts_v, parts_t = [], [], []
+        pos = 0
+        for k, (line, idx) in enumerate(lines):
+            tail_v = state.values.get(line)
+            if tail_v is None:  # a new stream: did it start with a restart?
+                tail_v, tail_t = np.zeros((0, s)), np.zeros(0)
+                first = self._start_time(raw[idx[0]], times[idx[0]])
+                if np.isfinite(first):
+                    state.started[line] = first
+            else:
+                tail_t = state.times[line]
+            tails.append((tail_v, tail_t))
+            started[k] = state.started.get(line, np.nan)
+            tail_len[k] = len(tail_t)
+            used = min(len(tail_t), back)
+            parts_v += [tail_v[len(tail_v) - used:], raw[idx]]
+            parts_t += [tail_t[len(tail_t) - used:], times[idx]]
+            ctx[k], out[k] = pos, pos + used
+            end[k] = pos = out[k] + len(idx)
+        V = np.concatenate(parts_v)
+        T = np.concatenate(parts_t)
+        order = np.concatenate([idx for _, idx in lines])
+        z = self.scaler_.transform(V)
+        since_out = None
+        if profile is not None:  # the warm-up clock looks back over the whole tail, not only the stacked part
+            full = np.concatenate([np.concatenate([tt, times[idx]]) for (_, tt), (_, idx) in zip(tails, lines,
+                                                                                               strict=True)])
+            f_end = np.cumsum(tail_len + (end - out))
+            since_full = segment_since(full, f_end - tail_len - (end - out), f_end, profile.resume_gap_, started)
+            since = np.concatenate([since_full[f_end[k] - (end[k] - ctx[k]):f_end[k]] for k in range(n_seg)])
+            z = profile.adjust(z, since)
+            since_out = np.concatenate([since[out[k]:end[k]] for k in range(n_seg)])
+        F = segment_features(z, ctx, out, end, self.window, self.ref_std_)
+        if since_out is not None:
+            F = profile.adjust_features(F, since_out)
+        q = self.quality_
+        oor, missing, stuck, gap, dt = segment_quality(V, T, ctx, out, end, q.lower_, q.upper_,
+                                                       q.stuck_run_.astype(np.int64), float(q.gap_seconds_))
+        # the new window state: the last history_ readings of every line
+        for k, (line, idx) in enumerate(lines):
+            if out[k] - ctx[k] == tail_len[k] or self.history_ <= end[k] - ctx[k]:
+                keep = slice(max(ctx[k], end[k] - self.history_), end[k])
+                state.values[line], state.times[line] = V[keep].copy(), T[keep].copy()
+            else:
+                tail_v, tail_t = tails[k]
+                state.values[line] = np.concatenate([tail_v, raw[idx]])[-self.history_:]
+                state.times[line] = np.concatenate([tail_t, times[idx]])[-self.history_:]
+
+        score_s = probability_to_score(self.ensemble_.probability(F), self.score_decades)
+        dq = oor.any(axis=1) | missing.any(axis=1) | stuck.any(axis=1) | gap
+        process = score_s >= self.threshold_
+        anom_s = process | dq
+        score_s = np.where(dq, np.maximum(score_s, self.threshold_), score_s)
+        top_s = np.full(n_rows, None, dtype=object)
+        rows = np.flatnonzero(anom_s)
+        if rows.size:
+            contrib = sensor_contributions(self.ensemble_._standardise(F[rows]), s)
+            issues = {"out_of_range": oor[rows], "missing": missing[rows], "stuck": stuck[rows]}
+            top_s[rows] = top_sensors_json(np.arange(rows.size), contrib, raw[order[rows]], self.scaler_.median_,
+                                           self.sensors_, issues, gap[rows], dt[rows], self.median_dt_)
+        kind_s = np.where(dq, "data_quality", np.where(process, "process", "normal")).astype(object)
+        res = StationScores(np.empty(n_rows), np.empty(n_rows, dtype=bool), np.empty(n_rows, dtype=object),
+                            np.empty(n_rows, dtype=object))
+        res.anomaly_score[order] = score_s
+        res.is_anomaly[order] = anom_s
+        res.kind[order] = kind_s
+        res.top_sensors[order] = top_s
+        return res
 
     # ------------------------------------------------------------------------------------------ PyOD vocabulary
     def _as_frame(self, X) -> pd.DataFrame:

@@ -1,0 +1,173 @@
+"""The compiled kernels (detect/kernels.py) give bit for bit the numbers of the NumPy code they replaced.
+
+The reference functions below are that NumPy code (window features per line, the data-quality checks, the
+per-feature ``np.interp`` of the ecdf member, HBOS by comparisons), kept here as the oracle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+from pyod.models.hbos import HBOS
+
+from cellwatch.detect.features import window_features
+from cellwatch.detect.kernels import (
+    hbos_scores,
+    interp_columns,
+    pairwise_sum,
+    segment_quality,
+    segment_since,
+    segment_window_features,
+)
+from cellwatch.detect.warmup import seconds_since_resume
+
+
+# ---------------------------------------------------------------------------------------------- NumPy oracles
+def _ref_window_stats(z, window):
+    s = z.shape[1]
+    padded = np.concatenate([np.full((window - 1, s), np.nan), z], axis=0)
+    view = sliding_window_view(padded, window, axis=0)
+    mask = ~np.isnan(view)
+    cnt = mask.sum(axis=2)
+    vals = np.where(mask, view, 0.0)
+    safe = np.maximum(cnt, 1)
+    mean = vals.sum(axis=2) / safe
+    dev = np.where(mask, view - mean[..., None], 0.0)
+    std = np.sqrt((dev * dev).sum(axis=2) / safe)
+    t = np.arange(window, dtype="float64")
+    tmean = (mask * t).sum(axis=2) / safe
+    tdev = np.where(mask, t - tmean[..., None], 0.0)
+    denom = (tdev * tdev).sum(axis=2)
+    slope = np.where(denom > 0, (tdev * dev).sum(axis=2) / np.where(denom > 0, denom, 1.0), 0.0)
+    mean = np.where(cnt > 0, mean, np.nan)
+    return mean, std, slope * window, cnt
+
+
+def _ref_window_features(z_context, n_out, window, ref_std):
+    n_ctx, s = z_context.shape
+    start = n_ctx - n_out
+    z = z_context[max(0, start - (window - 1)):]
+    pad = max(0, (window - 1) - start)
+    chunk = np.concatenate([np.full((pad, s), np.nan), z], axis=0)
+    mean, std, slope, cnt = (x[window - 1:] for x in _ref_window_stats(chunk, window))
+    level = chunk[window - 1:]
+    enough = cnt >= window
+    out = np.empty((n_out, 5 * s))
+    out[:, 0:s] = np.nan_to_num(level, nan=0.0)
+    out[:, s:2 * s] = np.nan_to_num(mean, nan=0.0)
+    out[:, 2 * s:3 * s] = np.where(enough, np.log((std + 0.05) / (ref_std + 0.05)), 0.0)
+    out[:, 3 * s:4 * s] = np.where(enough, slope, 0.0)
+    prev_mean = (mean * cnt - np.nan_to_num(level)) / np.maximum(cnt - 1, 1)
+    out[:, 4 * s:5 * s] = np.where(enough & ~np.isnan(level), (level - prev_mean) / (ref_std + 0.05), 0.0)
+    return out
+
+
+def _ref_quality(raw_context, n_out, dt, lower, upper, stuck_run, gap_seconds):
+    rows = raw_context[-n_out:]
+    stuck = np.zeros(rows.shape, dtype=bool)
+    for L in np.unique(stuck_run[stuck_run > 1]):
+        cols = np.flatnonzero(stuck_run == L)
+        ctx = raw_context[:, cols]
+        if len(ctx) < L:
+            continue
+        view = sliding_window_view(ctx, int(L), axis=0)
+        same = (view.max(axis=2) == view.min(axis=2)) & ~np.isnan(view).any(axis=2)
+        full = np.zeros(ctx.shape, dtype=bool)
+        full[int(L) - 1:] = same
+        stuck[:, cols] = full[-n_out:]
+    return (rows < lower) | (rows > upper), np.isnan(rows), stuck, np.asarray(dt[-n_out:]) > gap_seconds
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _lines(rng, n_lines=4, s=6):
+    """Per line: (tail length, new rows, values with NaN, stuck runs, spikes and huge values)."""
+    out = []
+    for k in range(n_lines):
+        tail = [0, 3, 19, 60][k % 4]
+        n = int(rng.integers(1, 90))
+        v = rng.normal(size=(tail + n, s)) * 10 ** rng.uniform(-3, 3, size=s)
+        v[rng.random(v.shape) < 0.05] = np.nan
+        if len(v) > 30:
+            v[5:30, 1] = 2.5  # stuck
+        v[rng.random(v.shape) < 0.01] *= 1e6
+        out.append((tail, v))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_window_features_bitwise(seed):
+    rng = np.random.default_rng(seed)
+    window = [20, 5, 8, 33, 20, 1][seed]
+    lines = _lines(rng)
+    ref_std = rng.uniform(0.1, 3.0, size=6)
+    z = np.concatenate([v for _, v in lines])
+    ends = np.cumsum([len(v) for _, v in lines])
+    ctx = ends - [len(v) for _, v in lines]
+    out = ctx + [t for t, _ in lines]
+    F, enough = segment_window_features(z, ctx, out, ends, window, ref_std)
+    s = 6
+    F[:, 2 * s:3 * s] = np.where(enough, np.log(F[:, 2 * s:3 * s]), 0.0)
+    expected = np.concatenate([_ref_window_features(v, len(v) - t, window, ref_std) for t, v in lines])
+    np.testing.assert_array_equal(F, expected)
+    # the public function (training and reference_std use it) is the same kernel on one segment
+    t, v = lines[3]
+    np.testing.assert_array_equal(window_features(v, len(v) - t, window, ref_std),
+                                  _ref_window_features(v, len(v) - t, window, ref_std))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_quality_and_since_bitwise(seed):
+    rng = np.random.default_rng(10 + seed)
+    lines = _lines(rng)
+    raw = np.concatenate([v for _, v in lines])
+    times = np.concatenate([np.cumsum(rng.choice([1.0, 1.0, 1.0, 90.0], size=len(v))) + 1e9 for _, v in lines])
+    ends = np.cumsum([len(v) for _, v in lines])
+    ctx = ends - [len(v) for _, v in lines]
+    out = ctx + [t for t, _ in lines]
+    lower, upper = np.full(6, -50.0), np.full(6, 50.0)
+    stuck_run = np.array([10, 12, 0, 1, 25, 10])
+    oor, missing, stuck, gap, dt = segment_quality(raw, times, ctx, out, ends, lower, upper, stuck_run, 30.0)
+    started = np.array([np.nan, times[ctx[1]], np.nan, times[ctx[3]] + 2])
+    since = segment_since(times, ctx, ends, 45.0, started)
+    row = 0
+    for k, (tail, v) in enumerate(lines):
+        n = len(v) - tail
+        t = times[ctx[k]:ends[k]]
+        d = np.diff(t, prepend=np.nan)
+        ref = _ref_quality(v, n, d, lower, upper, stuck_run, 30.0)
+        for got, exp in zip((oor, missing, stuck, gap), ref, strict=True):
+            np.testing.assert_array_equal(got[row:row + n], exp)
+        np.testing.assert_array_equal(dt[row:row + n], d[-n:])
+        np.testing.assert_array_equal(since[ctx[k]:ends[k]], seconds_since_resume(t, 45.0, started[k]))
+        row += n
+
+
+def test_interp_columns_is_np_interp():
+    rng = np.random.default_rng(5)
+    xp = np.sort(rng.normal(size=(257, 7)), axis=0)
+    xp[100:120, 2] = xp[100, 2]  # ties, as quantiles of repeated values have
+    xp[:, 3] = 0.0               # a constant feature
+    fp = np.linspace(0.0, 1.0, 257)
+    X = np.vstack([rng.normal(scale=2, size=(500, 7)), xp[::7], np.full((1, 7), np.nan)])
+    got = interp_columns(X, np.ascontiguousarray(xp.T), fp, 0.0, 1.0)
+    for j in range(7):
+        np.testing.assert_array_equal(got[:, j], np.interp(X[:, j], xp[:, j], fp, left=0.0, right=1.0))
+
+
+def test_hbos_kernel_is_pyod():
+    rng = np.random.default_rng(2)
+    train = rng.normal(size=(2000, 9))
+    test = np.vstack([rng.normal(scale=3, size=(300, 9)), np.full((1, 9), 40.0), np.full((1, 9), -40.0)])
+    test[0, 2] = np.nan
+    for tol in (0.5, 0.05):
+        m = HBOS(n_bins=20, contamination=0.01, tol=tol).fit(train)
+        log_h = np.log2(m.hist_ + m.alpha)
+        got = hbos_scores(test, np.ascontiguousarray(m.bin_edges_.T), log_h, log_h.min(axis=0), m.tol)
+        np.testing.assert_array_equal(got[1:], m.decision_function(test[1:]))
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 20, 127, 128, 129, 1000])
+def test_pairwise_sum_is_numpy_sum(n):
+    a = np.random.default_rng(n).normal(size=n) * 10 ** np.random.default_rng(n + 1).uniform(-8, 8, size=n)
+    assert pairwise_sum(a, 0, n) == a.sum()
