@@ -7,10 +7,11 @@ switches of the binary prediction, as in the upstream notebooks.
 
 The reported configuration (:data:`SKAB_DETECTOR`) is :class:`~cellwatch.detect.window_pca.WindowPCAModel` with
 its defaults - the same detector as ``cellwatch fit --detector window-pca``: the PCA residual (Q) of 25-reading
-windows of the 8 sensors, the control limit = 3.5 x the 99 % quantile of the 400 training windows, a 15-row
-trailing median. How each setting was chosen is in :data:`CHOICES` (and results.json): the control-limit rule
-uses the 400 train rows only; the design settings were compared on a declared subset of the labelled files
-(:func:`is_selection_file`, fixed before any comparison) and the figure on the other files is reported apart.
+windows of the 8 sensors, the control limit = 4 x the 99 % quantile of the 400 training windows, a 15-row
+trailing median, and hysteresis: an alarm opens above the limit and closes below 0.75 x the limit. How each
+setting was chosen is in :data:`CHOICES` (and results.json): the control-limit rule uses the 400 train rows
+only; the design settings were compared on a declared subset of the labelled files (:func:`is_selection_file`,
+fixed before any comparison) and the figure on the other files is reported apart.
 The previous detector (the StationModel ensemble with its defaults) is reported beside it.
 """
 
@@ -24,12 +25,13 @@ import pandas as pd
 from cellwatch.detect.incidents import open_mask
 from cellwatch.detect.metrics_events import skab_changepoints, skab_nab_score, skab_outlier_metrics
 from cellwatch.detect.station_model import StationModel
-from cellwatch.detect.window_pca import WindowPCAModel
+from cellwatch.detect.window_pca import WindowPCAModel, hysteresis
 from cellwatch.errors import CellwatchError
 
 TRAIN_ROWS = 400
 #: The reported detector: WindowPCAModel defaults (see CHOICES for how each value was chosen).
-SKAB_DETECTOR = {"lags": 25, "variance": 0.9, "statistic": "q", "quantile": 0.99, "factor": 3.5, "smooth": 15}
+SKAB_DETECTOR = {"lags": 25, "variance": 0.9, "statistic": "q", "quantile": 0.99, "factor": 4.0, "smooth": 15,
+                 "close": 0.75}
 #: The comparison row: the StationModel ensemble with its defaults (last session's "defaults" row).
 ENSEMBLE_SETTINGS = {"window": 20, "alert_budget": 1.0, "k": 3, "n": 5, "close_after": 10}
 CHOICES = {
@@ -41,10 +43,15 @@ CHOICES = {
               "(1-3.5), smoothing (none, 5, 15 rows) and in-sample vs held-out limits were compared on the "
               "selection files only; rule: the highest selection-file F1 with selection-file FAR <= 13.6 %, "
               "ties broken by NAB standard",
+    "hysteresis (third session)": "an open alarm closes only when the smoothed ratio falls below a lower level "
+                                  "(SPC action/close limits): on the selection files the rule above over open "
+                                  "factor 3-6 x close level 1.5-open (steps 0.25) picks open 4.0 / close 3.0 "
+                                  "(close = 0.75 x limit): F1 0.845, FAR 12.46 % (was 0.836 / 13.33 % without)",
     "factor_rule": "recomputed on every run (results.json -> factor_rule): per selection file the smoothed ratio "
                    "is scored once at factor 1 (the median is scale-equivariant, so factor f flags ratio > f), the "
-                   "rule above picks f from FACTOR_GRID, and leave-one-selection-file-out repeats the rule on 22 "
-                   "files to score the 23rd (how far the rule's FAR carries to an unseen file)",
+                   "rule above picks (open factor, close level) from FACTOR_GRID, and leave-one-selection-file-out "
+                   "repeats the rule on 22 files to score the 23rd (how far the rule's FAR carries to an unseen "
+                   "file)",
     "tried_third_session": "on the selection files only, none kept (F1 / FAR % there; default 0.836 / 13.33): "
                            "window-centring of slow sensors (rule: lag-25 autocorrelation >= 0.7/0.8/0.9 on the "
                            "training rows; best 0.779 / 17.8), limits from blocked 2-fold out-of-fold training Q "
@@ -54,8 +61,9 @@ CHOICES = {
                            "curve), a FAR budget with a margin (file bootstrap 95 % bound <= 13.6 % needs f ~ 6: "
                            "F1 0.72); the leave-one-file-out check keeps f = 3.5",
 }
-#: Factors the selection rule compares (the control limit = factor x the training quantile).
-FACTOR_GRID = tuple(round(2.0 + 0.1 * i, 1) for i in range(41))
+#: (open factor, close level) pairs the selection rule compares: the control limit = open factor x the training
+#: quantile; an open alarm closes when the smoothed ratio to the factor-1 limit falls below the close level.
+FACTOR_GRID = tuple((3.0 + 0.25 * i, 1.5 + 0.25 * j) for i in range(13) for j in range(7 + i))  # close <= open
 FAR_BUDGET = 13.6
 
 PUBLISHED_OUTLIER = {  # README 1.1, test part only (F1, FAR %, MAR %)
@@ -150,15 +158,15 @@ def evaluate(paths: list[Path], detector: str = "window-pca", settings: dict | N
     return out
 
 
-def _counts_by_factor(path: Path, factors: np.ndarray) -> np.ndarray:
-    """(TP, FP, FN, TN) of one file's test rows for every factor: scored once at factor 1, flagged where the
-    smoothed ratio (``s / (1 - s)`` of the score) exceeds the factor."""
+def _counts_by_factor(path: Path, pairs) -> np.ndarray:
+    """(TP, FP, FN, TN) of one file's test rows for every (open factor, close level) pair: scored once at
+    factor 1; the smoothed ratio (``s / (1 - s)`` of the score) over the pair's factor drives the hysteresis."""
     df = read_skab(path)
     _, scored = predict_file(df, "window-pca", {"factor": 1.0})
     s = scored["anomaly_score"].to_numpy()
     ratio = s / np.maximum(1.0 - s, 1e-300)
     y = df["anomaly"].to_numpy()[TRAIN_ROWS:] == 1
-    flag = ratio[None, :] > np.asarray(factors)[:, None]
+    flag = np.stack([hysteresis(ratio / f, c / f) for f, c in pairs])
     return np.stack([(flag & y).sum(1), (flag & ~y).sum(1), (~flag & y).sum(1), (~flag & ~y).sum(1)], axis=1)
 
 
@@ -169,8 +177,8 @@ def _f1_far(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def choose_factor(counts: np.ndarray, factors, budget: float = FAR_BUDGET) -> int:
-    """Index of the factor with the highest pooled F1 among those with pooled FAR <= ``budget``
-    (``counts``: files x factors x (TP, FP, FN, TN)); the largest factor if none meets the budget."""
+    """Index of the setting with the highest pooled F1 among those with pooled FAR <= ``budget``
+    (``counts``: files x settings x (TP, FP, FN, TN)); the last setting if none meets the budget."""
     f1, far = _f1_far(counts.sum(axis=0))
     ok = np.flatnonzero(far <= budget)
     if ok.size == 0:
@@ -183,17 +191,20 @@ def factor_rule(paths: list[Path], factors=FACTOR_GRID, budget: float = FAR_BUDG
     sel = [p for p in paths if is_selection_file(p)]
     if len(sel) < 2:
         return {"selection_files": len(sel), "note": "needs at least 2 selection files"}
-    counts = np.stack([_counts_by_factor(p, np.asarray(factors)) for p in sel])
+    counts = np.stack([_counts_by_factor(p, factors) for p in sel])
     best = choose_factor(counts, factors, budget)
     f1, far = _f1_far(counts.sum(axis=0))
     loo = sum(counts[i, choose_factor(np.delete(counts, i, axis=0), factors, budget)] for i in range(len(sel)))
     lf1, lfar = _f1_far(loo)
-    return {"grid": [float(f) for f in factors], "far_budget": budget, "selection_files": len(sel),
-            "chosen_factor": float(factors[best]), "selection_f1": round(float(f1[best]), 4),
-            "selection_far": round(float(far[best]), 2),
+    f_open, c_level = factors[best]
+    default = (SKAB_DETECTOR["factor"], SKAB_DETECTOR["factor"] * SKAB_DETECTOR["close"])
+    return {"grid": "open factor 3.0-6.0 x close level 1.5-open, steps 0.25", "settings_compared": len(factors),
+            "far_budget": budget, "selection_files": len(sel),
+            "chosen": {"factor": f_open, "close_level": c_level, "close": round(c_level / f_open, 4)},
+            "selection_f1": round(float(f1[best]), 4), "selection_far": round(float(far[best]), 2),
             "leave_one_file_out": {"f1": round(float(lf1), 4), "far": round(float(lfar), 2)},
-            "default_factor": SKAB_DETECTOR["factor"],
-            "matches_default": bool(np.isclose(factors[best], SKAB_DETECTOR["factor"]))}
+            "default": {"factor": default[0], "close_level": default[1]},
+            "matches_default": bool(np.allclose((f_open, c_level), default))}
 
 
 def run_skab(data_dir: str | Path, settings: dict | None = None, files: list[str] | None = None) -> dict:
@@ -232,10 +243,11 @@ def _rule_line(rule: dict) -> str:
     if "chosen_factor" not in rule:
         return ""
     lo = rule["leave_one_file_out"]
+    c, d = rule["chosen"], rule["default"]
     return (f"\nfactor rule on the {rule['selection_files']} selection files "
-            f"(max F1 with FAR <= {rule['far_budget']} %): "
-            f"{rule['chosen_factor']:g} (F1 {rule['selection_f1']:.3f}, FAR {rule['selection_far']:.2f} %; default "
-            f"{rule['default_factor']:g}); leave-one-file-out: F1 {lo['f1']:.3f}, FAR {lo['far']:.2f} %")
+            f"(max F1 with FAR <= {rule['far_budget']} %): open {c['factor']:g} / close {c['close_level']:g} "
+            f"(F1 {rule['selection_f1']:.3f}, FAR {rule['selection_far']:.2f} %; default {d['factor']:g} / "
+            f"{d['close_level']:g}); leave-one-file-out: F1 {lo['f1']:.3f}, FAR {lo['far']:.2f} %")
 
 
 def skab_table(rows: dict[str, dict]) -> str:

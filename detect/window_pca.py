@@ -13,12 +13,15 @@ measure how unusual a window is:
 Control limits are the ``quantile`` of each statistic on the training windows times ``factor`` (a safety
 factor fixed a priori: in-sample statistics are optimistic, and training data never covers all normal
 operation). ``ratio`` = the statistic over its limit (the larger of the two with ``statistic="t2q"``);
-a row is anomalous when the trailing median of ``ratio`` over ``smooth`` rows exceeds 1 (the median ignores
-isolated spikes, so an alarm needs about half of the last ``smooth`` rows above the limit).
+an alarm opens when the trailing median of ``ratio`` over ``smooth`` rows exceeds 1 (the median ignores
+isolated spikes, so an alarm needs about half of the last ``smooth`` rows above the limit) and, once open,
+stays open until that median falls to ``close`` or below (hysteresis: an action limit to open, a lower one to
+close, as in SPC practice; ``close=1`` turns it off). ``is_anomaly`` = the alarm is open.
 ``anomaly_score = r / (1 + r)`` of that smoothed ratio: 0.5 at the control limit, towards 1 far beyond it.
 
 Every row is scored from its own past only (its window and the ``smooth - 1`` rows before it); the state
-carries the last ``history_`` readings per line, so batching a stream never changes a score. Missing readings
+carries the last ``history_`` readings and whether the alarm is open per line, so batching a stream never
+changes a score. Missing readings
 are imputed by the training mean (z = 0). ``top_sensors`` names the sensors with the largest share of the
 current row's residual, with the actual reading and the value the principal components expect.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -50,6 +54,20 @@ _CHUNK_ELEMENTS = 8_000_000
 TOP_N = 3
 
 
+@dataclass
+class PCAState(WindowState):
+    """:class:`WindowState` plus, per line, whether the alarm is open (the hysteresis carries across batches)."""
+
+    open: dict[str, bool] = field(default_factory=dict)
+
+
+def hysteresis(smoothed: np.ndarray, close: float, was_open: bool = False) -> np.ndarray:
+    """Alarm state per row: opens where ``smoothed > 1``, closes where ``smoothed <= close``, else unchanged
+    (``close = 1``: the alarm is exactly ``smoothed > 1``)."""
+    decided = np.where(smoothed > 1.0, 1.0, np.where(smoothed <= close, 0.0, np.nan))
+    return pd.Series(np.concatenate([[float(was_open)], decided])).ffill().to_numpy()[1:] > 0.5
+
+
 def lagged(z: np.ndarray, lags: int, rows: np.ndarray | None = None) -> np.ndarray:
     """Window matrix: for each row i (or each of ``rows``), [z[i], z[i-1], .., z[i-lags+1]] flattened lag-major.
 
@@ -66,12 +84,14 @@ class WindowPCAModel:
     Parameters: ``sensors`` (default: numeric columns at least half filled), ``lags`` (readings per window),
     ``variance`` (share of the training windows' variance the principal components keep), ``statistic``
     (``"q"``, ``"t2"`` or ``"t2q"``), ``quantile`` and ``factor`` (control limit = factor x training quantile),
-    ``smooth`` (rows of the trailing median of the ratio), ``random_state`` (row subsample of big tables).
+    ``smooth`` (rows of the trailing median of the ratio), ``close`` (an open alarm closes when the smoothed
+    ratio falls to this fraction of the limit or below; 1 = no hysteresis), ``random_state`` (row subsample of big
+    tables).
     """
 
     def __init__(self, sensors: list[str] | None = None, lags: int = 25, variance: float = 0.9,
-                 statistic: str = "q", quantile: float = 0.99, factor: float = 3.5, smooth: int = 15,
-                 random_state: int = 0):
+                 statistic: str = "q", quantile: float = 0.99, factor: float = 4.0, smooth: int = 15,
+                 close: float = 0.75, random_state: int = 0):
         self.sensors = sensors
         self.lags = lags
         self.variance = variance
@@ -79,6 +99,7 @@ class WindowPCAModel:
         self.quantile = quantile
         self.factor = factor
         self.smooth = smooth
+        self.close = close
         self.random_state = random_state
 
     # ------------------------------------------------------------------------------------------ fit
@@ -87,8 +108,8 @@ class WindowPCAModel:
             raise ValueError(f"statistic must be one of {STATISTICS}, got {self.statistic!r}")
         if self.lags < 1 or self.smooth < 1:
             raise ValueError("lags and smooth must be at least 1")
-        if not 0 < self.variance <= 1 or not 0 < self.quantile < 1 or self.factor <= 0:
-            raise ValueError("need 0 < variance <= 1, 0 < quantile < 1 and factor > 0")
+        if not 0 < self.variance <= 1 or not 0 < self.quantile < 1 or self.factor <= 0 or not 0 < self.close <= 1:
+            raise ValueError("need 0 < variance <= 1, 0 < quantile < 1, factor > 0 and 0 < close <= 1")
 
     def _choose_sensors(self, train: pd.DataFrame) -> list[str]:
         return choose_sensors(train, self.sensors)
@@ -152,6 +173,7 @@ class WindowPCAModel:
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "sensors": self.sensors_, "lags": self.lags_, "variance": self.variance, "components": k,
             "statistic": self.statistic, "quantile": self.quantile, "factor": self.factor, "smooth": self.smooth,
+            "close": self.close,
             "q_limit": self.q_limit_, "t2_limit": self.t2_limit_, "threshold": self.threshold_,
             "train_rows": len(train), "history": self.history_,
         }
@@ -178,10 +200,11 @@ class WindowPCAModel:
         if not hasattr(self, "threshold_"):
             raise RuntimeError("WindowPCAModel is not fitted; call fit() first")
 
-    def new_state(self, recent: pd.DataFrame | None = None) -> WindowState:
-        """An empty state, or one rebuilt from the latest readings (the last ``history_`` per line are kept)."""
+    def new_state(self, recent: pd.DataFrame | None = None) -> PCAState:
+        """An empty state, or one rebuilt from the latest readings (the last ``history_`` per line are kept;
+        the alarm starts closed)."""
         self._check_fitted()
-        state = WindowState()
+        state = PCAState()
         if recent is not None and len(recent):
             raw = self._raw(recent)
             times = _epoch_seconds(recent.get("ts"), len(recent))
@@ -202,7 +225,10 @@ class WindowPCAModel:
         times = _epoch_seconds(readings.get("ts"), n_rows)
         s = len(self.sensors_)
         smoothed = np.empty(n_rows)
+        is_anom = np.zeros(n_rows, dtype=bool)
         resid = np.empty((n_rows, s))
+        close = getattr(self, "close", 1.0)  # models pickled before the hysteresis have none
+        alarm = getattr(state, "open", None)
         for line, idx in self._split_lines(readings):
             tail_v = state.values.get(line, np.zeros((0, s)))
             ctx_v = np.concatenate([tail_v, raw[idx]], axis=0)
@@ -216,13 +242,16 @@ class WindowPCAModel:
             ratio = np.concatenate([q for q, _ in parts])
             r = np.concatenate([e for _, e in parts], axis=0)
             med = pd.Series(ratio).rolling(self.smooth, min_periods=1).median().to_numpy()
-            smoothed[idx] = med[-len(idx):]
+            med = np.nan_to_num(med[-len(idx):], nan=0.0, posinf=1e12)
+            smoothed[idx] = med
+            flags = hysteresis(med, close, bool(alarm.get(line, False)) if alarm is not None else False)
+            is_anom[idx] = flags
+            if alarm is not None:
+                alarm[line] = bool(flags[-1])
             resid[idx] = r[-len(idx):]
             state.values[line] = ctx_v[-self.history_:].copy()
             state.times[line] = np.concatenate([state.times.get(line, np.zeros(0)), times[idx]])[-self.history_:]
-        smoothed = np.nan_to_num(smoothed, nan=0.0, posinf=1e12)
         score = smoothed / (1.0 + smoothed)
-        is_anom = smoothed > 1.0
         kind = np.where(is_anom, "process", "normal").astype(object)
         top = np.full(n_rows, None, dtype=object)
         rows = np.flatnonzero(is_anom)

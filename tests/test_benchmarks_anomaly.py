@@ -60,7 +60,8 @@ def test_factor_counts_match_the_detector_at_the_default_factor():
     pred, _ = predict_file(df)
     y = df["anomaly"].to_numpy()[TRAIN_ROWS:] == 1
     expect = [(pred[y] == 1).sum(), (pred[~y] == 1).sum(), (pred[y] == 0).sum(), (pred[~y] == 0).sum()]
-    got = _counts_by_factor(path, np.array([SKAB_DETECTOR["factor"]]))[0]
+    f = SKAB_DETECTOR["factor"]
+    got = _counts_by_factor(path, [(f, f * SKAB_DETECTOR["close"])])[0]
     assert got.tolist() == expect
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import cellwatch.cli as cli
-from cellwatch.detect.window_pca import WindowPCAModel, lagged
+from cellwatch.detect.window_pca import WindowPCAModel, hysteresis, lagged
 
 
 def process(n: int, seed: int, break_at: tuple[int, int] | None = None) -> pd.DataFrame:
@@ -43,12 +43,26 @@ def test_broken_correlation_is_found_and_clean_data_stays_quiet():
     assert flagged[720:900].mean() > 0.9
     assert np.delete(flagged, np.arange(700, 930)).mean() < 0.01
     assert scored["anomaly_score"].between(0, 1).all()
-    assert (scored.loc[flagged, "anomaly_score"] > 0.5).all() and (scored.loc[~flagged, "anomaly_score"] <= 0.5).all()
+    score = scored["anomaly_score"].to_numpy()
+    opened = flagged & ~np.r_[False, flagged[:-1]]
+    assert (score[opened] > 0.5).all() and (score[~flagged] <= 0.5).all()  # opens above the limit
+    assert (score[flagged] >= 0.75 / 1.75).all()  # stays open down to 0.75 x the limit (hysteresis)
+    plain = WindowPCAModel(sensors=["pressure", "flow", "temp"], close=1.0).fit(process(1500, 1))
+    scored1 = plain.score(test, plain.new_state())
+    np.testing.assert_array_equal(scored1["is_anomaly"].to_numpy(), scored1["anomaly_score"].to_numpy() > 0.5)
     top = orjson.loads(scored["top_sensors"].iloc[800])
     assert {t["sensor"] for t in top[:2]} == {"pressure", "flow"}
     row = next(t for t in top if t["sensor"] == "flow")
     implied = 20 + 2 * (test["pressure"].iloc[800] - 5)  # the flow pressure implies
     assert abs(row["expected"] - implied) < abs(row["actual"] - implied)
+
+
+def test_hysteresis_opens_above_the_limit_and_closes_below_the_lower_level():
+    r = np.array([0.5, 0.9, 1.2, 0.9, 0.8, 0.7, 0.9, 1.1, 1.0, 0.6])
+    assert hysteresis(r, 0.75).tolist() == [0, 0, 1, 1, 1, 0, 0, 1, 1, 0]
+    assert hysteresis(r, 1.0).tolist() == (r > 1).tolist()  # close = 1: no hysteresis
+    assert hysteresis(r[3:6], 0.75, was_open=True).tolist() == [1, 1, 0]  # open, carried from the last batch
+    assert hysteresis(r[3:6], 0.75).tolist() == [0, 0, 0]
 
 
 def test_scores_do_not_depend_on_batching_or_restarts():
@@ -69,7 +83,7 @@ def test_missing_readings_and_bad_parameters():
     test = process(200, 6)
     test.loc[50:60, "temp"] = np.nan
     assert np.isfinite(model.score(test, model.new_state())["anomaly_score"]).all()
-    for bad in ({"statistic": "x"}, {"lags": 0}, {"factor": 0}, {"quantile": 1.0}):
+    for bad in ({"statistic": "x"}, {"lags": 0}, {"factor": 0}, {"quantile": 1.0}, {"close": 0}, {"close": 1.5}):
         with pytest.raises(ValueError):
             WindowPCAModel(**bad).fit(train)
     with pytest.raises(RuntimeError):
