@@ -236,6 +236,33 @@ def defect_probability(lat: dict[str, np.ndarray], rng: np.random.Generator,
     return out
 
 
+#: Latent values a cell station does not know yet (set at later stations); :func:`stage_defect_probability` draws
+#: them from the line's other cells.
+ORACLE_UNKNOWN = {"winding": ("underfill", "moisture", "form_t", "room"), "filling": ("form_t", "room")}
+
+
+def stage_defect_probability(lat: dict[str, np.ndarray], rng: np.random.Generator,
+                             unknown: dict[str, tuple[str, ...]] = ORACLE_UNKNOWN, draws: int = ORACLE_DRAWS,
+                             chunk: int = 2048) -> dict[str, np.ndarray]:
+    """The oracle with the knowledge of an early station: P(defect | the latent values known by then) per cell.
+
+    Monte Carlo like :func:`defect_probability`, and per draw the ``unknown[stage]`` latents (jointly, one other
+    cell per draw) come from a random cell of the same line: the empirical marginal of what is not decided yet.
+    A benchmark ceiling per stage, never a feature.
+    """
+    n = len(lat["overhang"])
+    out = {stage: np.empty(n) for stage in unknown}
+    for a in range(0, n, chunk):
+        m = min(n, a + chunk) - a
+        shape = (draws, m)
+        for stage, keys in unknown.items():
+            donor = rng.integers(0, n, shape)
+            sub = {k: (np.asarray(v)[donor] if k in keys else np.asarray(v)[a:a + m]) for k, v in lat.items()}
+            cond = cell_outcomes(sub, event_draws(rng, shape) | measurement_draws(rng, shape))["conditions"]
+            out[stage][a:a + m] = np.logical_or.reduce(cond).mean(axis=0)
+    return out
+
+
 class LineModel:
     """Generates one line's readings, cells and normal events for ``hours`` of wall-clock time."""
 
@@ -521,6 +548,7 @@ class LineModel:
         ocv_start, ocv_end, k_meas = out["ocv_start"], out["ocv_end"], out["k_meas"]
         eol_cap, dcir_meas, form_cap = out["eol_cap"], out["dcir_meas"], out["form_cap"]
         oracle = defect_probability(latent, np.random.default_rng([self.seed, self.index, 5]), out["conditions"])
+        oracle |= stage_defect_probability(latent, np.random.default_rng([self.seed, self.index, 6]))
 
         ins = 8000 * np.exp(rng.normal(0, 0.3, n_cells)) / (1 + 0.5 * np.clip(burr_c - 4, 0, None)) \
             / (1 + 3 * short * u_size)
@@ -621,6 +649,8 @@ class LineModel:
             "capacity_ah": eol_cap, "dcir_mohm": dcir_meas, "k_value_mv_day": k_meas,
             "grade": grade, "defect": defect, "defect_type": np.where(defect, defect_type, None).astype(object),
             "oracle_defect_probability": oracle["latent"],
+            "oracle_defect_probability_winding": oracle["winding"],
+            "oracle_defect_probability_filling": oracle["filling"],
             "oracle_defect_probability_formation": oracle["formation"],
             "oracle_defect_probability_aging": oracle["aging"],
             "_batch_index": batch[i_c],
