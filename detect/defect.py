@@ -11,7 +11,9 @@ NaN, which LightGBM routes natively), so one model serves every stage and sharpe
   monotone constraints on the physically signed features (``monotone=cell_features.MONOTONE``) ranked worse on
   the time-ordered validation fold (0.838 vs 0.861) and are off;
 * calibration: isotonic regression (or Platt) of the raw score on a time-ordered validation fold (the
-  latest cells), whole cells per fold so that a cell's stages never straddle the split;
+  latest cells), whole cells per fold so that a cell's stages never straddle the split; isotonic steps are flat, so
+  ``tie_break`` (1e-6) x sigmoid(raw) is mixed in to keep the booster's ranking inside a step (on four simulator
+  dev seeds, 303-606: ROC-AUC 0.878 -> 0.880, PR-AUC 0.692 -> 0.725 over all stage rows);
 * decision threshold: the one minimising ``missed_defect_cost * FN + inspection_cost * (TP + FP)`` on the
   validation fold (costs are parameters; the Bayes threshold ``inspection/missed`` is the fallback);
 * type: a multiclass LightGBM on the defective cells (P(type | defect));
@@ -57,6 +59,7 @@ class DefectModel:
     max_bin: int = 63
     reg_lambda: float = 1.0
     calibration: str = "isotonic"       # isotonic | sigmoid
+    tie_break: float = 1e-6             # isotonic: weight of sigmoid(raw score) that orders rows within a flat step
     validation_fraction: float = 0.25
     missed_defect_cost: float = 20.0    # a defective cell that leaves the line undetected (scrap/warranty)
     inspection_cost: float = 1.0        # inspecting (or re-testing) one flagged cell
@@ -172,7 +175,10 @@ class DefectModel:
         if len(raw) == 0:
             return raw
         if isinstance(self.calibrator_, IsotonicRegression):
-            return np.clip(self.calibrator_.predict(raw), 0.0, 1.0)
+            # isotonic steps are flat: the tie-break keeps the booster's order inside a step (calibration moves by
+            # at most ``tie_break``)
+            iso = np.clip(self.calibrator_.predict(raw), 0.0, 1.0)
+            return (1.0 - self.tie_break) * iso + self.tie_break * _sigmoid(raw)
         return self.calibrator_.predict_proba(raw.reshape(-1, 1))[:, 1]
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:

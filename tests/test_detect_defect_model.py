@@ -95,6 +95,21 @@ def test_probabilities_are_calibrated(data, model):
     assert raw.mean() < p.mean() + 0.05
 
 
+
+def test_calibrated_probabilities_keep_the_boosters_ranking(data, model):
+    """Isotonic steps are flat; the tie-break keeps the raw score's order (same ROC-AUC) and moves p by <= 1e-6."""
+    _, test = data
+    X = _X(test, model)
+    raw, p = model.decision_function(X), model.predict_proba(X)
+    order = np.argsort(raw, kind="stable")
+    distinct = np.diff(raw[order]) > 0
+    assert (np.diff(p[order])[distinct] > 0).all()
+    y = test["defect"].to_numpy(dtype=bool)
+    assert roc_auc_score(y, p) == pytest.approx(roc_auc_score(y, raw), abs=1e-12)
+    iso = np.clip(model.calibrator_.predict(raw), 0, 1)
+    assert np.abs(p - iso).max() <= 1e-6 and ((p >= 0) & (p <= 1)).all()
+
+
 def test_class_weighting_is_undone_by_calibration(data, model):
     train, test = data
     weighted = DefectModel(n_estimators=80, balance_classes=True).fit(
