@@ -52,7 +52,7 @@ THETA_GRID = np.round(np.linspace(0.05, 1.0, 96), 4)
 SPLIT_RULE = ("choice files = artificialNoAnomaly + artificialWithAnomaly + the odd-indexed (1, 3, ...) real files "
               "in sorted path order; held-out = the even-indexed (0, 2, ...) real files")
 # how every setting was chosen: each step compared variants by the normalised score on the choice files only
-# (31 files, 62 windows; threshold tuned on them per variant); the held-out files were not looked at
+# (31 files, 55 windows; threshold tuned on them per variant); the held-out files were not looked at
 CHOICES = {
     "detector family": "value-bin context novelty (CAD OSE-like) beat robust-z + Numenta likelihood on the choice "
                        "files (63.5 vs 31.0 standard, single grid)",
