@@ -21,7 +21,8 @@ grid's edges fall. For each grid it remembers how often every *context* has occu
    ``season_acf``). The mean of the last ``m = max(3, P // season_div)`` rows minus the same mean one season
    earlier (or two seasons earlier, whichever differs less, so an event one season ago does not echo), as a z
    statistic against its own last ``long`` values, scaled by ``season_scale`` and capped at 1: it fires when a
-   season's usual shape is missing (a daily peak that does not come), which no context of a few rows can see;
+   season's usual shape is missing (a daily peak that does not come), which no context of a few rows can see
+   (``season_acf=None`` turns it off);
 4. ``score = max(value, sequence, seasonal novelty)``, then **suppression**: a row keeps its score only if it is
    higher than every raw score of the previous ``suppress`` rows, else it is 0 (a repeat alarm on the same
    event says nothing new). By default ``suppress`` is a fifth of the training rows (CAD OSE's rest period).
