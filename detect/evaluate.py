@@ -130,18 +130,37 @@ def _false_breakdown(alerts: pd.DataFrame, truth: pd.DataFrame, faults: pd.DataF
     return downstream, restart
 
 
+def stream_hours(scores: pd.DataFrame) -> pd.Series:
+    """Hours each (line, station) stream was in operation: its first to its last reading plus its median time step
+    (each reading stands for one step; the same span the alert budget of StationModel counts). A station further
+    down the line starts later in a run (the first cells need time to reach aging), so it has fewer hours."""
+    if not len(scores):
+        return pd.Series(dtype="float64")
+    t = pd.DataFrame({"line": scores["line"].astype(str), "station": scores["station"].astype(str),
+                      "t": ts_ns(scores["ts"]) / 1e9}).sort_values(["line", "station", "t"], kind="stable")
+    g = t.groupby(["line", "station"], sort=True)["t"]
+    step = g.diff().groupby([t["line"], t["station"]], sort=True).median().fillna(0.0)
+    return ((g.max() - g.min() + step) / 3600.0).rename("hours")
+
+
 def event_level(scores: pd.DataFrame, incidents: pd.DataFrame, faults: pd.DataFrame,
                 events: pd.DataFrame | None = None) -> dict:
     """Incident recall / false incidents. An incident overlapping no detectable fault of its station is false,
     unless it is an after-effect of a process fault of its line (DOWNSTREAM_TOLERANCE, AFTER_EFFECT_SHARE): those are
-    counted in ``downstream_incidents``; ``false_incidents_per_station_shift_strict`` counts them as false."""
+    counted in ``downstream_incidents``; ``false_incidents_per_station_shift_strict`` counts them as false.
+
+    Exposure: ``station_shifts`` = the summed operating hours of the (line, station) streams (:func:`stream_hours`)
+    / SHIFT_HOURS. (Up to the second session it was the number of streams x the whole run's first-to-last reading
+    span, which counts hours before the first cell reached a downstream station; ``station_shifts_run_span`` keeps
+    that figure for comparison.)"""
     truth = detectable_faults(faults)
     hours = (scores["ts"].max() - scores["ts"].min()).total_seconds() / 3600 if len(scores) else 0.0
-    streams = scores.groupby(["line", "station"]).ngroups
+    per_stream = stream_hours(scores)
+    streams = len(per_stream)
     alerts = incidents[["line", "station", "start_ts", "end_ts"]] if len(incidents) else \
         pd.DataFrame(columns=["line", "station", "start_ts", "end_ts"])
     m = event_metrics(truth[["line", "station", "start_ts", "end_ts"]], alerts, tolerance=EVENT_TOLERANCE)
-    shifts = streams * hours / SHIFT_HOURS
+    shifts = float(per_stream.sum()) / SHIFT_HOURS
     if len(alerts) and len(truth):
         a = alerts.reset_index(drop=True)
         matched = np.array([event_metrics(truth[["line", "station", "start_ts", "end_ts"]], a.iloc[[i]],
@@ -158,6 +177,11 @@ def event_level(scores: pd.DataFrame, incidents: pd.DataFrame, faults: pd.DataFr
     m["false_incidents_per_station_shift_strict"] = m["false_alarms_strict"] / shifts if shifts else float("nan")
     m["hours"] = hours
     m["streams"] = streams
+    m["station_shifts"] = shifts
+    m["station_shifts_run_span"] = streams * hours / SHIFT_HOURS
+    m["false_incidents_per_station_shift_run_span"] = (m["false_alarms"] / m["station_shifts_run_span"]
+                                                       if m["station_shifts_run_span"] else float("nan"))
+    m["stream_hours"] = {f"{ln}/{st}": round(float(h), 4) for (ln, st), h in per_stream.items()}
     by_type = {}
     for kind, g in truth.groupby("type"):
         mk = event_metrics(g[["line", "station", "start_ts", "end_ts"]], alerts, tolerance=EVENT_TOLERANCE)

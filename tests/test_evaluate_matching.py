@@ -81,3 +81,15 @@ def test_a_late_incident_on_other_cells_stays_false():
     spread = {f"C{i:03d}" for i in range(0, 120, 2)}
     inc = pd.DataFrame({"line": ["L1"], "station": ["aging"], "start_ts": [_t(240)], "end_ts": [_t(359)]})
     assert event_level(_aging_scores(spread), inc, CONTAMINATED)["downstream_incidents"] == 0
+
+
+def test_exposure_counts_each_streams_own_operating_hours():
+    """coating runs 0..480 min every 10 min (8 h incl. its last step); aging starts at 4 h: 2 h of operation."""
+    scores = pd.concat([_scores().iloc[:49], _aging_scores(set())], ignore_index=True)
+    inc = _incidents([("coating", 200, 201), ("coating", 300, 301)])
+    m = event_level(scores, inc, FAULTS.iloc[0:0])
+    assert m["stream_hours"] == {"L1/aging": 2.0, "L1/coating": round(490 / 60, 4)}
+    assert abs(m["station_shifts"] - (2.0 + 490 / 60) / 8) < 1e-12
+    assert abs(m["false_incidents_per_station_shift"] - 2 / m["station_shifts"]) < 1e-12
+    # the run-span figure (streams x first-to-last reading of the whole run) counts aging for 8 h
+    assert m["station_shifts_run_span"] == 2 * 8 / 8 and m["false_incidents_per_station_shift_run_span"] == 1.0
