@@ -32,6 +32,8 @@ restart from the last ``lot_memory`` readings per station.
 
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 import orjson
 import pandas as pd
@@ -158,7 +160,7 @@ def own_features(events: pd.DataFrame) -> pd.DataFrame:
 
 def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[str, pd.DataFrame],
                  lot_memory: int, anchors: np.ndarray | None = None, lags: dict[str, float] | None = None,
-                 half_window_s: float = 60.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 half_window_s: float = 60.0, match: str = "position") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Genealogy features per event.
 
     ``events``: columns ``line`` and ``ts``, one row per event. ``event_lots``: columns ``event`` (the event's
@@ -169,6 +171,11 @@ def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[s
     matched), and one with the :data:`LOCAL_FEATURES`: the same statistics over the matched readings within
     ``half_window_s`` of ``anchors - lags[station]`` (``anchors``: ns per event, NaN = none; ``lags``: seconds
     from the station to the anchor, i.e. the material's travel time), the cell's own stretch of electrode.
+    ``match="position"`` (default) finds that stretch in *running* time: ``lag / step`` readings before the last
+    reading of the stream at the event (``step``: the stream's cadence, :func:`stream_step`), ±``half_window_s /
+    step`` readings, so a stop or changeover between the station and the winder (the whole line stops, the
+    electrode stream has a gap) does not shift it; ``match="time"``: ±``half_window_s`` around
+    ``anchor - lag`` in wall-clock time (misses the stretch by the length of any stop in between).
 
     Per station, events with the same line and lot set form a group; the group's readings (rows of its line
     carrying one of its lots, in stream order) are found once, each event's window (the last ``lot_memory``
@@ -198,9 +205,8 @@ def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[s
     flat = {}
     for name in stations:
         lots_per_row = buffers[name]["lots"].tolist()
-        counts = np.fromiter((len(x) for x in lots_per_row), dtype=np.int64, count=len(lots_per_row))
-        flat[name] = (np.fromiter((lot for x in lots_per_row for lot in x), dtype=object, count=int(counts.sum())),
-                      counts)
+        counts = np.fromiter(map(len, lots_per_row), dtype=np.int64, count=len(lots_per_row))
+        flat[name] = (np.fromiter(chain.from_iterable(lots_per_row), dtype=object, count=int(counts.sum())), counts)
     lot_codes, _ = pd.factorize(np.concatenate([event_lots["lot"].to_numpy(dtype=object),
                                                 *(f[0] for f in flat.values())]))
     line_codes, _ = pd.factorize(np.concatenate([ev_line_str, *(buffers[s]["line"].astype(str).to_numpy(dtype=object)
@@ -255,8 +261,14 @@ def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[s
         if name in lags:
             anchored = ev_has[np.isfinite(anchors[ev_has])]
             if anchored.size:
-                _local(local, lcol, name, sensors, anchored, anchors[anchored] - lags[name] * 1e9, a, b, gr_g,
-                       gr_row, group, buf, values, half_ns)
+                step = stream_step(buf) if match == "position" else None
+                if step is None:
+                    _local(local, lcol, name, sensors, anchored, anchors[anchored] - lags[name] * 1e9, a, b, gr_g,
+                           gr_row, group, buf, values, half_ns)
+                else:  # the stretch ``lag / step`` readings of the stream before the event: stops do not count
+                    back, half = round(lags[name] / step), round(half_window_s / step)
+                    _local_by_position(local, lcol, name, sensors, anchored, hi[anchored] - back, half, a, b, gr_g,
+                                       gr_row, group, key, span, lot_memory, values)
         if name in SIBLING_STATIONS:
             continue
         # the lots these readings carry (e.g. the coil of a roll) lead further upstream
@@ -349,6 +361,45 @@ def _set_groups(ev_line: np.ndarray, pair_ev: np.ndarray, pair_lot: np.ndarray, 
     mat[pair_ev, rank + 1] = pair_lot
     uniq, group = np.unique(mat, axis=0, return_inverse=True)
     return group.ravel().astype(np.int64), uniq[:, 0]
+
+
+#: Resolution of the stream cadence (seconds) of :func:`stream_step`: the rounding keeps it identical for any
+#: buffer of the same stream (reading-time jitter is far below it).
+STEP_RESOLUTION_S = 0.1
+
+
+def stream_step(buf: pd.DataFrame) -> float | None:
+    """The cadence of a time-based stream (seconds between consecutive readings of a line, median, rounded to
+    :data:`STEP_RESOLUTION_S`); None with fewer than two consecutive readings."""
+    line, _ = pd.factorize(buf["line"])
+    order = np.lexsort((buf["pos"].to_numpy(dtype=np.int64), line))
+    pos, line, ts = buf["pos"].to_numpy(dtype=np.int64)[order], line[order], ts_ns(buf["ts"])[order]
+    nxt = (pos[1:] - pos[:-1] == 1) & (line[1:] == line[:-1])
+    if not nxt.any():
+        return None
+    step = float(np.median(np.diff(ts)[nxt])) / 1e9
+    step = round(step / STEP_RESOLUTION_S) * STEP_RESOLUTION_S
+    return step if step > 0 else None
+
+
+def _local_by_position(local: np.ndarray, lcol: dict, name: str, sensors: list[str], events: np.ndarray,
+                       target: np.ndarray, half: int, a: np.ndarray, b: np.ndarray, gr_g: np.ndarray,
+                       gr_row: np.ndarray, group: np.ndarray, key: np.ndarray, span: np.int64, lot_memory: int,
+                       values: np.ndarray) -> None:
+    """Fill the local features of ``events``: the readings of their window (``gr_row[a:b]``) whose stream position
+    lies within ``half`` of ``target`` (``key``: group * span + pos + lot_memory of the groups' readings)."""
+    base = group[events] * span + lot_memory
+    c = np.searchsorted(key, base + target - half, "left")
+    d = np.searchsorted(key, base + target + half, "right")
+    ev_i, k = _expand(events, np.maximum(a[events], c), np.minimum(b[events], d))
+    if ev_i.size == 0:
+        return
+    at, stats, means, mins, maxs = _aggregate(ev_i, values[gr_row[k]])
+    first = lcol[f"{name}.{LOCAL_STATS[0]}"]
+    local[at, first:first + len(LOCAL_STATS)] = stats[:, :len(LOCAL_STATS)]
+    for agg, block in (("mean", means), ("min", mins), ("max", maxs)):
+        first = lcol[f"{name}.local_{agg}.{sensors[0]}"]
+        local[at, first:first + len(sensors)] = block
 
 
 def _local(local: np.ndarray, lcol: dict, name: str, sensors: list[str], events: np.ndarray, target: np.ndarray,
