@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shlex
 import subprocess
 import sys
 import threading
@@ -538,8 +539,8 @@ def bench_b4(args, rep: C.Report) -> None:
     tr, tc, rid, nr, _ = _prepare_topic(n, seed=17)
     schema = f"bench_{rid}_mem"
     load = C.load_average()
-    proc = C.start(C.run_cmd(models, tr, tc, rid, schema, f"bench-{rid}-mem", extra=_client_flag(client)),
-                   f"run-{rid}-mem")
+    proc = C.start(C.run_cmd(models, tr, tc, rid, schema, f"bench-{rid}-mem",
+                             extra=_client_flag(client) + shlex.split(args.b4_args)), f"run-{rid}-mem")
     samples: list[tuple[float, int, int]] = []  # (t, readings done, rss)
     try:
         t0 = time.monotonic()
@@ -725,6 +726,7 @@ def main() -> None:
                        help="B2: messages of the consume+produce relay per client (the Kafka ceiling; 0 = skip)")
         p.add_argument("--compare-old", action="store_true",
                        help="B2/B3: also run each client with " + " ".join(OLD_SERVICE_FLAGS) + " (the old service)")
+        p.add_argument("--b4-args", default="", help="B4: extra `cellwatch run` flags, e.g. '--align-partitions-s 0'")
         p.add_argument("--b4-client", choices=("kafka-python", "confluent"),
                        help="B4: the service's Kafka client (default: confluent when installed)")
         if name == "profile":

@@ -71,6 +71,9 @@ class Settings(BaseModel):
     batch_max_records: int = Field(2000, gt=0, description="a micro-batch holds at most this many records")
     batch_max_ms: int = Field(100, gt=0, description="... and waits at most this long for them (ms); a batch "
                               "closes earlier once the client's buffered records are drained")
+    align_partitions_s: float = Field(300.0, ge=0, description="backlog replay in event time: a readings partition "
+                                      "whose newest reading is this far (s) ahead of the slowest partition with a "
+                                      "backlog is paused until it catches up (0 = off)")
     write_overlap: bool = Field(True, description="write/publish/commit batch N in a writer thread while batch N+1 "
                                 "is polled and scored (offsets still committed only after the store and every ack)")
 

@@ -37,6 +37,7 @@ import pandas as pd
 
 from cellwatch.config import Settings
 from cellwatch.errors import CellwatchError
+from cellwatch.ingest.align import PartitionClock
 from cellwatch.ingest.kafka_client import TP, KafkaClientError, make_consumer
 from cellwatch.ingest.kafka_out import OutputProducer
 from cellwatch.ingest.metrics import Metrics
@@ -105,6 +106,7 @@ class StreamService:
         self.annotations: Any = None
         self._annotations_dropped = 0
         self._inflight: _Job | None = None
+        self.clock = PartitionClock(settings.align_partitions_s)
         self._writer: ThreadPoolExecutor | None = None
         self._reads = _StoreReads(self)
         self._state_logged = time.monotonic()
@@ -156,7 +158,7 @@ class StreamService:
             got = self.consumer.poll_batch(self.settings.batch_max_records, wait)
             if got:  # cannot happen while paused; never drop records silently
                 raise RuntimeError("records received while paused")
-        self.consumer.resume(self.consumer.assignment())
+        self.consumer.resume(self.consumer.assignment() - self.clock.paused)
         self.paused = False
 
     def start(self) -> None:
@@ -188,6 +190,7 @@ class StreamService:
                 job.committed = True
         self.window.forget(tp.partition for tp in revoked if tp.topic == self.settings.topic_readings)
         self.owned.difference_update(revoked)
+        self.clock.forget(revoked)
 
     def _on_assign(self, assigned: list[TP]) -> None:
         """Streams of newly assigned partitions are cold: the next batch holding them rebuilds the state."""
@@ -195,6 +198,7 @@ class StreamService:
             log.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
         self.window.forget(tp.partition for tp in assigned if tp.topic == self.settings.topic_readings)
         self.owned.update(assigned)
+        self.clock.forget(assigned)
         if self.paused:
             self.consumer.pause(assigned)
 
@@ -250,6 +254,7 @@ class StreamService:
                 self._maybe_switch_model()
                 messages = self._poll_batch()
                 if not messages:
+                    self._release_clock()  # nothing came: no partition is held back for another's backlog
                     self._complete_inflight()
                     if self.pending:
                         self._retry_store("writing pending rows", lambda: self._write({}))
@@ -286,6 +291,7 @@ class StreamService:
         s = self.settings
         t0 = time.perf_counter()
         decoded: Decoded = decode(messages, s.topic_readings, s.topic_cell_results)
+        self._observe_clock(decoded)
         # a batch that reads the store (warm-up, re-sent readings) waits until the one before it is stored
         if (self._inflight is not None and self.window.needs_store(decoded.readings)
                 and not self._complete_inflight()):
@@ -308,7 +314,37 @@ class StreamService:
         self._submit(job)
         if not s.write_overlap:
             self._complete_inflight()
+        self._align()
         self._log_state()
+
+    # ----------------------------------------------------------------------------------------- event-time alignment
+    def _observe_clock(self, decoded: Decoded) -> None:
+        if self.settings.align_partitions_s <= 0 or decoded.readings.empty:
+            return
+        ts = decoded.readings["ts"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[ms]")
+        self.clock.observe(self.settings.topic_readings, decoded.reading_meta["_partition"].to_numpy(),
+                           ts.astype(np.int64) / 1000.0)
+
+    def _align(self) -> None:
+        """Pause readings partitions running ahead in event time, resume those the others caught up with."""
+        if self.settings.align_partitions_s <= 0 or self.paused:
+            return
+        mine = [tp for tp in self.owned if tp.topic == self.settings.topic_readings]
+        if len(mine) < 2 and not self.clock.paused:
+            return
+        pause, resume = self.clock.decide(self.consumer.lag(mine))
+        if pause:
+            self.consumer.pause(pause)
+            self.clock.paused |= pause
+            log.debug("paused %s: ahead of the slowest partition with a backlog", sorted(pause))
+        if resume:
+            self.consumer.resume(resume)
+            self.clock.paused -= resume
+
+    def _release_clock(self) -> None:
+        if self.clock.paused and not self.paused:
+            self.consumer.resume(set(self.clock.paused))
+            self.clock.paused.clear()
 
     # ----------------------------------------------------------------------------------------- batch output
     def _submit(self, job: _Job) -> None:
@@ -396,7 +432,8 @@ class StreamService:
         if time.monotonic() - self._state_logged < STATE_LOG_S:
             return
         self._state_logged = time.monotonic()
-        log.info("scoring state: %s", self.window.sizes())
+        log.info("scoring state: %s; readings partitions held back (ahead in event time): %d", self.window.sizes(),
+                 len(self.clock.paused))
 
     def _write(self, tables: dict[str, pd.DataFrame]) -> None:
         merged = {**tables, **self.pending}

@@ -11,11 +11,13 @@ from __future__ import annotations
 import time
 import uuid
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from cellwatch.config import load_settings
 from cellwatch.ingest import kafka_client as K
+from cellwatch.ingest.align import PartitionClock
 from cellwatch.ingest.consumer import StreamService
 from cellwatch.ingest.state import WindowState
 from cellwatch.ingest.store import SQLiteStore
@@ -48,6 +50,24 @@ def test_a_batch_waits_for_the_one_in_flight_only_when_it_reads_the_store():
     w.switch(_Scorer())                              # a new model: every stream is rebuilt from the store
     assert w.needs_store(_readings("L1", "mixing", [4]))
     assert not w.needs_store(_readings("L1", "mixing", [])[:0])
+
+
+def test_a_backlogged_partition_ahead_in_event_time_waits_for_the_slowest():
+    a, b, c = (K.TP("r", i) for i in range(3))
+    clock = PartitionClock(ahead_s=300)
+    clock.observe("r", np.array([0, 0, 1, 2, 2]), np.array([100.0, 50, 900, 1000, 200]))
+    assert clock.newest == {a: 100.0, b: 900.0, c: 1000.0}
+    assert clock.decide({a: 5, b: 5, c: 5}) == ({b, c}, set())        # b, c > 100 + 300: held back
+    clock.paused |= {b, c}
+    assert clock.decide({a: 5, b: 5, c: 0}) == (set(), {c})            # c has no backlog: never held
+    clock.paused -= {c}
+    clock.observe("r", np.array([0]), np.array([800.0]))              # a catches up: b within 300/2
+    assert clock.decide({a: 5, b: 5, c: 0}) == (set(), {b})
+    clock.paused.clear()
+    assert clock.decide({a: 5, b: 0, c: 0}) == (set(), set())          # one backlog: nothing to align
+    clock.forget([a])
+    assert clock.decide({a: 5, b: 5, c: 5}) == (set(), set())          # a's position unknown: no pausing
+    assert PartitionClock(0).decide({a: 5, b: 5}) == (set(), set())    # off
 
 
 @pytest.mark.kafka
