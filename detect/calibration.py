@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cellwatch.detect.incidents import count_incidents
+from cellwatch.detect.kernels import interp_index, tail_parts
 
 #: Decades of tail probability mapped onto the score scale: p = 1e-6 -> score 1.
 SCORE_DECADES = 6.0
@@ -47,12 +48,26 @@ class TailCalibrator:
         return cls(q, scale)
 
     def tail_probability(self, raw: np.ndarray) -> np.ndarray:
-        raw = np.nan_to_num(np.asarray(raw, dtype="float64"), nan=0.0, posinf=1e300, neginf=-1e300)
-        q = self.quantiles_
-        # Empirical part: 1 - F(raw) by interpolation on the quantile grid (monotone non-increasing).
-        body = 1.0 - np.interp(raw, q, _GRID, left=0.0, right=_TAIL_Q)
-        tail = (1.0 - _TAIL_Q) * np.exp(-np.maximum(raw - q[-1], 0.0) / self.tail_scale_)
-        p = np.where(raw > q[-1], tail, body)
+        """Empirical part ``1 - F(raw)`` by interpolation on the quantile grid (monotone non-increasing); beyond the
+        last quantile the exponential tail. NaN counts as 0, +-inf as +-1e300."""
+        return TailCalibrators([self]).tail_probabilities(np.asarray(raw, dtype="float64")[:, None])[:, 0]
+
+
+class TailCalibrators:
+    """Several calibrators applied to the columns of one raw-score matrix at once (one compiled pass, then
+    NumPy's ``exp``): the same numbers as each :meth:`TailCalibrator.tail_probability` on its column."""
+
+    def __init__(self, calibrators: list[TailCalibrator]):
+        self.q_t = np.ascontiguousarray(np.array([c.quantiles_ for c in calibrators], dtype="float64"))
+        self.q_last = self.q_t[:, -1].copy() if len(calibrators) else np.zeros(0)
+        self.scale = np.array([c.tail_scale_ for c in calibrators], dtype="float64")
+        self.table = interp_index(self.q_t)
+
+    def tail_probabilities(self, raw: np.ndarray) -> np.ndarray:
+        """(rows x calibrators) tail probabilities of the raw scores (rows x calibrators)."""
+        body, expo, in_tail = tail_parts(np.ascontiguousarray(raw, dtype="float64"), self.q_t, _GRID, self.q_last,
+                                         self.scale, _TAIL_Q, self.table)
+        p = np.where(in_tail, (1.0 - _TAIL_Q) * np.exp(expo), body)
         return np.clip(p, _P_FLOOR, 1.0)
 
 

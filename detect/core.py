@@ -236,12 +236,16 @@ class LineScorer:
         times = t.asi8.astype("float64") / 1e9
         times[t.isna()] = np.nan
         line_code, line_names = pd.factorize(r["line"].astype(str).fillna("_"), sort=False)
-        recipe = r["recipe"].where(r["recipe"].notna(), None)
-        codes, keys = pd.factorize(pd.MultiIndex.from_arrays([r["station"], recipe.fillna(ANY)]), sort=False)
+        line_names = np.asarray(line_names, dtype=object)
+        # (station, recipe) groups in order of first appearance; a missing recipe is recipe ANY
+        st_code, st_names = pd.factorize(r["station"], sort=False)
+        rec_code, rec_names = pd.factorize(r["recipe"].astype(object).where(r["recipe"].notna(), ANY), sort=False)
+        codes, groups = pd.factorize(st_code * len(rec_names) + rec_code, sort=False)
         order = np.argsort(codes, kind="stable")
-        bounds = np.searchsorted(codes[order], np.arange(len(keys) + 1))
+        bounds = np.searchsorted(codes[order], np.arange(len(groups) + 1))
         unknown = []
-        for g, (st, rec) in enumerate(keys):
+        for g, grp in enumerate(groups):
+            st, rec = st_names[grp // len(rec_names)], rec_names[grp % len(rec_names)]
             idx = order[bounds[g]:bounds[g + 1]]
             found = self.stations.model_for(st, None if rec == ANY else rec)
             if found is None:

@@ -21,9 +21,9 @@ from pyod.models.hbos import HBOS
 from pyod.models.iforest import IForest
 from pyod.models.pca import PCA
 
-from cellwatch.detect.calibration import TailCalibrator, combine
+from cellwatch.detect.calibration import TailCalibrator, TailCalibrators, combine
 from cellwatch.detect.fast_members import fast_iforest, hbos_decision_function, pca_decision_function
-from cellwatch.detect.kernels import interp_columns
+from cellwatch.detect.kernels import interp_columns, interp_index
 
 MEMBERS = ("hbos", "iforest", "pca", "maxz", "ecdf")
 _FIT_ROWS = 20_000     # subsample for the model members (IForest/PCA/HBOS)
@@ -110,7 +110,8 @@ class FeatureEnsemble:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.pop("_fast_iforest", None)
+        for cache in ("_fast_iforest", "_ecdf_search", "_calibration"):
+            state.pop(cache, None)
         return state
 
     def _ecdf_score(self, Z: np.ndarray) -> np.ndarray:
@@ -120,7 +121,11 @@ class FeatureEnsemble:
         q = self.quantiles_
         if Z.shape[1] == 0:
             return np.zeros(len(Z))
-        cdf = interp_columns(np.ascontiguousarray(Z, dtype="float64"), np.ascontiguousarray(q.T), _ECDF_GRID, 0.0, 1.0)
+        if "_ecdf_search" not in self.__dict__:  # built once per loaded model, never pickled
+            q_t = np.ascontiguousarray(q.T)
+            self._ecdf_search = (q_t, interp_index(q_t))
+        q_t, table = self._ecdf_search
+        cdf = interp_columns(np.ascontiguousarray(Z, dtype="float64"), q_t, _ECDF_GRID, 0.0, 1.0, table)
         tail = np.clip(np.minimum(cdf, 1.0 - cdf), 1.0 / 512, 0.5)
         beyond = np.maximum(np.maximum(q[0] - Z, Z - q[-1]), 0.0)
         return np.cumsum(-np.log(tail) + beyond, axis=1)[:, -1]
@@ -132,8 +137,9 @@ class FeatureEnsemble:
         return self
 
     def member_probabilities(self, F: np.ndarray) -> np.ndarray:
-        raw = self.raw_scores(F)
-        return np.column_stack([c.tail_probability(raw[:, i]) for i, c in enumerate(self.calibrators_)])
+        if "_calibration" not in self.__dict__:  # built once per loaded model, never pickled
+            self._calibration = TailCalibrators(self.calibrators_)
+        return self._calibration.tail_probabilities(self.raw_scores(F))
 
     def probability(self, F: np.ndarray) -> np.ndarray:
         """Ensemble tail probability per row (small = anomalous)."""

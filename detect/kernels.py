@@ -274,30 +274,62 @@ def segment_quality(raw, times, ctx, out, end, lower, upper, stuck_run, gap_seco
     return oor, missing, stuck, gap, dt
 
 
+#: Buckets per column of an :func:`interp_index` table.
+INTERP_BUCKETS = 512
+
+
 @compiled
-def interp_columns(X, xp_t, fp, left, right):  # pragma: no cover - compiled
-    """``np.interp(X[:, j], xp_t[j], fp, left, right)`` for every column j (``xp_t``: features x points, each
-    row non-decreasing), with NumPy's formula and search rule (the last point at or below x)."""
+def interp_index(xp_t):  # pragma: no cover - compiled
+    """Search table for :func:`interp_columns`: per column j and bucket k of ``[xp[0], xp[-1]]`` cut into
+    INTERP_BUCKETS equal parts, the last point at or below the bucket's left end."""
+    d, m = xp_t.shape
+    table = np.zeros((d, INTERP_BUCKETS), dtype=np.int64)
+    for j in range(d):
+        lo, hi = xp_t[j, 0], xp_t[j, m - 1]
+        width = (hi - lo) / INTERP_BUCKETS
+        i = 0
+        for k in range(INTERP_BUCKETS):
+            edge = lo + k * width
+            while i + 1 < m and xp_t[j, i + 1] <= edge:
+                i += 1
+            table[j, k] = i
+    return table
+
+
+@compiled
+def interp_columns(X, xp_t, fp, left, right, table):  # pragma: no cover - compiled
+    """``np.interp(X[:, j], xp_t[j], fp, left, right)`` for every column j (``xp_t``: columns x points, each row
+    non-decreasing), with NumPy's formula and search rule (the last point at or below x). The point is found
+    from ``table`` (:func:`interp_index`): a start at or below x, then a short forward scan (exact whatever the
+    rounding of the bucket number, which only picks the start)."""
     n, d = X.shape
     m = fp.size
+    nb = table.shape[1]
     out = np.empty((n, d))
-    for i in range(n):
-        for j in range(d):
+    for j in range(d):
+        x0, x1 = xp_t[j, 0], xp_t[j, m - 1]
+        scale = nb / (x1 - x0) if x1 > x0 else 0.0
+        for i in range(n):
             x = X[i, j]
             if np.isnan(x):
                 out[i, j] = x
                 continue
-            if x < xp_t[j, 0]:
+            if x < x0:
                 out[i, j] = left
                 continue
-            if x > xp_t[j, m - 1]:
+            if x > x1:
                 out[i, j] = right
                 continue
-            lo, size = 0, m  # branch-free halving: the largest lo with xp[lo] <= x
-            while size > 1:
-                half = size // 2
-                lo = lo + half if xp_t[j, lo + half] <= x else lo
-                size -= half
+            k = int((x - x0) * scale)
+            lo = table[j, min(max(k, 0), nb - 1)]
+            if xp_t[j, lo] > x:  # cannot happen with exact bucket arithmetic; halving from the start then
+                lo, size = 0, m
+                while size > 1:
+                    half = size // 2
+                    lo = lo + half if xp_t[j, lo + half] <= x else lo
+                    size -= half
+            while lo + 1 < m and xp_t[j, lo + 1] <= x:
+                lo += 1
             if lo == m - 1 or xp_t[j, lo] == x:
                 out[i, j] = fp[lo]
                 continue
@@ -312,6 +344,32 @@ def interp_columns(X, xp_t, fp, left, right):  # pragma: no cover - compiled
 
 
 @compiled
+def tail_parts(raw, q_t, grid, q_last, tail_scale, right, table):  # pragma: no cover - compiled
+    """:meth:`TailCalibrator.tail_probability` of every column of ``raw`` (members) but the ``exp``: the empirical
+    body ``1 - interp``, the exponent ``-max(raw - q_last, 0) / tail_scale`` and where the tail applies."""
+    n, d = raw.shape
+    x = np.empty((n, d))
+    for i in range(n):
+        for j in range(d):
+            v = raw[i, j]
+            if np.isnan(v):
+                v = 0.0
+            elif v == np.inf:
+                v = 1e300
+            elif v == -np.inf:
+                v = -1e300
+            x[i, j] = v
+    body = 1.0 - interp_columns(x, q_t, grid, 0.0, right, table)
+    expo = np.empty((n, d))
+    in_tail = np.empty((n, d), dtype=np.bool_)
+    for i in range(n):
+        for j in range(d):
+            expo[i, j] = -max(x[i, j] - q_last[j], 0.0) / tail_scale[j]
+            in_tail[i, j] = x[i, j] > q_last[j]
+    return body, expo, in_tail
+
+
+@compiled
 def hbos_scores(X, edges_t, log_h, lowest, tol):  # pragma: no cover - compiled
     """PyOD ``HBOS.decision_function`` for static bins (``edges_t``: features x edges): per row minus the sum
     (NumPy's order) over features of the log2 density of the value's bin; beyond the outer edges by more than
@@ -320,6 +378,10 @@ def hbos_scores(X, edges_t, log_h, lowest, tol):  # pragma: no cover - compiled
     n_bins = log_h.shape[0]
     out = np.empty(n)
     row = np.empty(d)
+    inv_width = np.empty(d)
+    for j in range(d):
+        w = (edges_t[j, n_bins] - edges_t[j, 0]) / n_bins
+        inv_width[j] = 1.0 / w if w > 0 else 0.0
     for i in range(n):
         for j in range(d):
             x = X[i, j]
@@ -327,13 +389,12 @@ def hbos_scores(X, edges_t, log_h, lowest, tol):  # pragma: no cover - compiled
                 b = n_bins + 1  # past the last edge (NaN too, as np.searchsorted puts it)
             elif x <= edges_t[j, 0]:
                 b = 0
-            else:  # the number of edges below x: one more than the last edge below x
-                base, m = 0, n_bins + 1
-                while m > 1:
-                    half = m // 2
-                    base = base + half if edges_t[j, base + half] < x else base
-                    m -= half
-                b = base + 1
+            else:  # the number of edges below x: guessed from the (equal) bin width, then made exact
+                b = min(max(int((x - edges_t[j, 0]) * inv_width[j]) + 1, 1), n_bins + 1)
+                while b > 1 and edges_t[j, b - 1] >= x:
+                    b -= 1
+                while b <= n_bins and edges_t[j, b] < x:
+                    b += 1
             k = min(max(b - 1, 0), n_bins - 1)
             v = log_h[k, j]
             if b == 0 and not (edges_t[j, 0] - x <= (edges_t[j, 1] - edges_t[j, 0]) * tol):

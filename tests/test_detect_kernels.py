@@ -11,10 +11,12 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 from pyod.models.hbos import HBOS
 
+from cellwatch.detect.calibration import TailCalibrator, TailCalibrators
 from cellwatch.detect.features import window_features
 from cellwatch.detect.kernels import (
     hbos_scores,
     interp_columns,
+    interp_index,
     pairwise_sum,
     segment_quality,
     segment_since,
@@ -150,7 +152,8 @@ def test_interp_columns_is_np_interp():
     xp[:, 3] = 0.0               # a constant feature
     fp = np.linspace(0.0, 1.0, 257)
     X = np.vstack([rng.normal(scale=2, size=(500, 7)), xp[::7], np.full((1, 7), np.nan)])
-    got = interp_columns(X, np.ascontiguousarray(xp.T), fp, 0.0, 1.0)
+    xp_t = np.ascontiguousarray(xp.T)
+    got = interp_columns(X, xp_t, fp, 0.0, 1.0, interp_index(xp_t))
     for j in range(7):
         np.testing.assert_array_equal(got[:, j], np.interp(X[:, j], xp[:, j], fp, left=0.0, right=1.0))
 
@@ -171,3 +174,19 @@ def test_hbos_kernel_is_pyod():
 def test_pairwise_sum_is_numpy_sum(n):
     a = np.random.default_rng(n).normal(size=n) * 10 ** np.random.default_rng(n + 1).uniform(-8, 8, size=n)
     assert pairwise_sum(a, 0, n) == a.sum()
+
+
+def test_tail_calibrators_are_the_numpy_formula():
+    rng = np.random.default_rng(8)
+    cals = [TailCalibrator.fit(rng.gamma(2.0, size=3000) * k) for k in (1.0, 5.0, 0.01)]
+    cals.append(TailCalibrator.fit(np.zeros(50)))  # a degenerate member: all quantiles equal
+    raw = rng.gamma(2.0, size=(400, 4)) * rng.choice([0.01, 1.0, 30.0], size=(400, 4))
+    raw[0] = [np.nan, np.inf, -np.inf, 0.0]
+    got = TailCalibrators(cals).tail_probabilities(raw)
+    for j, c in enumerate(cals):
+        x = np.nan_to_num(raw[:, j], nan=0.0, posinf=1e300, neginf=-1e300)
+        q = c.quantiles_
+        body = 1.0 - np.interp(x, q, np.linspace(0.0, 0.95, 191), left=0.0, right=0.95)
+        tail = (1.0 - 0.95) * np.exp(-np.maximum(x - q[-1], 0.0) / c.tail_scale_)
+        np.testing.assert_array_equal(got[:, j], np.clip(np.where(x > q[-1], tail, body), 1e-300, 1.0))
+        np.testing.assert_array_equal(c.tail_probability(raw[:, j]), got[:, j])
