@@ -65,7 +65,7 @@ def _time_core(scorer, batches: list[pd.DataFrame], counts: dict | None = None) 
 
 
 def _time_detectors(scorer, batches: list[pd.DataFrame]) -> tuple[float, float]:
-    """The station detectors alone (StationModel.score per station group), no incidents or defect model."""
+    """The station detectors alone through the frame API (StationModel.score per (station, recipe) group)."""
     models = scorer.stations
     states = {k: m.new_state() for k, m in models.models.items()}
     t0, c0 = time.perf_counter(), time.process_time()
@@ -74,6 +74,51 @@ def _time_detectors(scorer, batches: list[pd.DataFrame]) -> tuple[float, float]:
             key, model = models.model_for(st, rec)
             model.score(b.iloc[idx], states[key])
     return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _time_detector_step(scorer, batches: list[pd.DataFrame]) -> tuple[float, float]:
+    """The detector step exactly as LineScorer.process runs it (LineScorer._score: the batch's arrays, grouping,
+    StationModel.score_arrays per (station, recipe) group, z values), on the batches LineScorer prepares."""
+    state = scorer.new_state()
+    prepared = [b.assign(ts=pd.to_datetime(b["ts"], utc=True), line=b["line"].astype(str),
+                         station=b["station"].astype(str)) for b in batches]
+    t0, c0 = time.perf_counter(), time.process_time()
+    for b in prepared:
+        scorer._score(b, state)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+class _StepTimes:
+    """Context: CPU seconds spent in each step of LineScorer.process (timing wrappers around its methods)."""
+
+    STEPS = ("_score", "_update_buffers", "_cell_events", "_predict", "_trim")
+
+    def __init__(self, scorer):
+        self.scorer, self.cpu = scorer, dict.fromkeys((*self.STEPS, "incidents"), 0.0)
+
+    def _wrap(self, name, fn):
+        def timed(*a, **kw):
+            c0 = time.process_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.cpu[name] += time.process_time() - c0
+        return timed
+
+    def __enter__(self):
+        from cellwatch.detect.incidents import IncidentTracker
+
+        for name in self.STEPS:
+            setattr(self.scorer, name, self._wrap(name, getattr(self.scorer, name)))
+        self.tracker_cls, self.saved = IncidentTracker, IncidentTracker.update
+        wrapped = self._wrap("incidents", IncidentTracker.update)
+        IncidentTracker.update = lambda tracker, scored: wrapped(tracker, scored)
+        return self
+
+    def __exit__(self, *exc):
+        for name in self.STEPS:
+            delattr(self.scorer, name)
+        self.tracker_cls.update = self.saved
 
 
 class _PyodMembers:
@@ -125,14 +170,20 @@ def bench_b1(args, rep: C.Report) -> None:
     # interleaved: ours, river, ours, river - the ratio of the two under the same load
     ours, det, riv, det_pyod = [], [], [], []
     with _PyodMembers():
-        _time_detectors(scorer, batches[:3])  # numba compiles HBOS here, not in the timed runs
+        _time_detectors(scorer, batches[:3])  # warm-up of the PyOD paths, not in the timed runs
     counts: dict = {}
+    step, step_big = [], []
+    big = [pd.concat(batches[a:a + 10], ignore_index=True) for a in range(0, len(batches), 10)]
     for _ in range(2):
         ours.append(_time_core(scorer, batches, counts))
         riv.append(_time_river(inputs))
+        step.append(_time_detector_step(scorer, batches))
         det.append(_time_detectors(scorer, batches))
         with _PyodMembers():
             det_pyod.append(_time_detectors(scorer, batches))
+        step_big.append(_time_detector_step(scorer, big))
+    with _StepTimes(scorer) as parts:  # one more run, split by step (the wrappers cost ~1 us per call)
+        parts_cpu = _time_core(scorer, batches)[1]
     nr = len(readings)
     core_cpu = nr / np.median([c for _, c in ours])
     core_wall = nr / np.median([w for w, _ in ours])
@@ -147,6 +198,18 @@ def bench_b1(args, rep: C.Report) -> None:
     rep.add("B1", "  cell predictions explained (SHAP)", counts["explained_predictions"],
             f"of {counts['predictions']:,}")
     det_pyod_cpu = nr / np.median([c for _, c in det_pyod])
+    step_cpu = nr / np.median([c for _, c in step])
+    rep.add("B1", "station detectors as LineScorer runs them (_score step)", step_cpu, "readings/CPU-s",
+            ">= 200k/core", step_cpu >= 200_000)
+    rep.add("B1", "  the same, batches of 20,000", nr / np.median([c for _, c in step_big]), "readings/CPU-s")
+    rep.add("B1", "ratio detector step / river (CPU)", round(step_cpu / river_cpu, 2), "x", ">= 10x",
+            step_cpu / river_cpu >= 10)
+    for name, label in (("_score", "station detectors"), ("incidents", "incident tracker"),
+                        ("_update_buffers", "lot buffers"), ("_cell_events", "cell features + genealogy"),
+                        ("_predict", "defect model (LightGBM, type, SHAP)"), ("_trim", "state trim")):
+        rep.add("B1", f"  per reading: {label}", round(1e6 * parts.cpu[name] / nr, 1), "us CPU")
+    rest = parts_cpu - sum(parts.cpu.values())
+    rep.add("B1", "  per reading: rest of LineScorer.process", round(1e6 * rest / nr, 1), "us CPU")
     rep.add("B1", "station detectors alone (StationModel.score)", det_cpu, "readings/CPU-s")
     rep.add("B1", "  before: members via PyOD decision_function", det_pyod_cpu, "readings/CPU-s")
     rep.add("B1", "  speed-up of the fast IForest/HBOS paths", round(det_cpu / det_pyod_cpu, 2), "x")
@@ -156,7 +219,8 @@ def bench_b1(args, rep: C.Report) -> None:
     rep.add("B1", "ratio station detectors alone / river (CPU)", round(det_cpu / river_cpu, 2), "x")
     rep.details["B1"] = {"readings": nr, "river_readings": n_river, "core_cpu_runs": ours, "river_runs": riv,
                          "detector_runs": det, "detector_pyod_runs": det_pyod, "models": str(C.models_dir(args.models)),
-                         "counts": counts}
+                         "detector_step_runs": step, "detector_step_runs_batch20000": step_big,
+                         "step_cpu_seconds": parts.cpu, "step_run_cpu_seconds": parts_cpu, "counts": counts}
 
 
 # ================================================================================================ B2

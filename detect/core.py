@@ -221,12 +221,13 @@ class LineScorer:
         (:meth:`StationModel.score_arrays`, no frame per group).
         """
         n = len(r)
-        columns = [c for c in r.columns if c not in READING_KEYS]
+        sensor_pos = np.flatnonzero(~r.columns.isin(READING_KEYS))
+        columns = r.columns[sensor_pos].tolist()
         col_of = {c: i for i, c in enumerate(columns)}
         # the batch's sensor values, plus one all-NaN column for the sensors a batch lacks
         values = np.full((n, len(columns) + 1), np.nan)
         if columns:
-            values[:, :-1] = r[columns].to_numpy(dtype="float64")
+            values[:, :-1] = r.iloc[:, sensor_pos].to_numpy(dtype="float64")
         zv = np.full((n, len(columns)), np.nan)
         score = np.zeros(n)
         flag = np.zeros(n, dtype=bool)
@@ -240,6 +241,7 @@ class LineScorer:
         # (station, recipe) groups in order of first appearance; a missing recipe is recipe ANY
         st_code, st_names = pd.factorize(r["station"], sort=False)
         rec_code, rec_names = pd.factorize(r["recipe"].astype(object).where(r["recipe"].notna(), ANY), sort=False)
+        st_names, rec_names = st_names.tolist(), rec_names.tolist()
         codes, groups = pd.factorize(st_code * len(rec_names) + rec_code, sort=False)
         order = np.argsort(codes, kind="stable")
         bounds = np.searchsorted(codes[order], np.arange(len(groups) + 1))
@@ -255,7 +257,7 @@ class LineScorer:
             if key not in state.model_states:
                 state.model_states[key] = model.new_state()
             cols = [col_of.get(c, len(columns)) for c in model.sensors_]
-            raw = values[np.ix_(idx, cols)]
+            raw = values[idx][:, cols]
             out = model.score_arrays(raw, times[idx], _split_lines(line_code[idx], line_names),
                                      state.model_states[key])
             score[idx] = out.anomaly_score
@@ -269,10 +271,10 @@ class LineScorer:
         if unknown:
             raise ValueError(f"no station model for station(s) {sorted(set(unknown))}; known: "
                              f"{', '.join(self.stations.stations)} (filter with LineScorer.accepts)")
-        scored = pd.DataFrame({
-            "line": r["line"], "station": r["station"], "seq": r["seq"].astype("int64"), "ts": r["ts"],
-            "cell_id": r["cell_id"], "recipe": r["recipe"], "anomaly_score": score, "is_anomaly": flag,
-            "kind": kind, "top_sensors": top, "model_version": self.model_version})
+        scored = pd.DataFrame({  # the columns' arrays (same dtypes, no index alignment)
+            "line": r["line"].array, "station": r["station"].array, "seq": r["seq"].to_numpy(dtype="int64"),
+            "ts": r["ts"].array, "cell_id": r["cell_id"].array, "recipe": r["recipe"].array, "anomaly_score": score,
+            "is_anomaly": flag, "kind": kind, "top_sensors": top, "model_version": self.model_version}, index=r.index)
         return scored, pd.DataFrame(zv, index=r.index, columns=columns)
 
     def _update_buffers(self, r: pd.DataFrame, scored: pd.DataFrame, state: ScoringState) -> None:
