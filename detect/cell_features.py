@@ -174,7 +174,8 @@ def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[s
     ``match="position"`` (default) finds that stretch in *running* time: ``lag / step`` readings before the last
     reading of the stream at the event (``step``: the stream's cadence, :func:`stream_step`), ±``half_window_s /
     step`` readings, so a stop or changeover between the station and the winder (the whole line stops, the
-    electrode stream has a gap) does not shift it; ``match="time"``: ±``half_window_s`` around
+    electrode stream has a gap) does not shift it (no local features while the stream has no two consecutive
+    readings); ``match="time"``: ±``half_window_s`` around
     ``anchor - lag`` in wall-clock time (misses the stretch by the length of any stop in between).
 
     Per station, events with the same line and lot set form a group; the group's readings (rows of its line
@@ -262,10 +263,10 @@ def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[s
             anchored = ev_has[np.isfinite(anchors[ev_has])]
             if anchored.size:
                 step = stream_step(buf) if match == "position" else None
-                if step is None:
+                if match != "position":
                     _local(local, lcol, name, sensors, anchored, anchors[anchored] - lags[name] * 1e9, a, b, gr_g,
                            gr_row, group, buf, values, half_ns)
-                else:  # the stretch ``lag / step`` readings of the stream before the event: stops do not count
+                elif step is not None:  # the stretch ``lag / step`` readings before the event: stops do not count
                     back, half = round(lags[name] / step), round(half_window_s / step)
                     _local_by_position(local, lcol, name, sensors, anchored, hi[anchored] - back, half, a, b, gr_g,
                                        gr_row, group, key, span, lot_memory, values)
