@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from cellwatch.detect.evaluate import evaluate
-from cellwatch.detect.train import CHANGEOVER_MARGIN, INCIDENT_RULE, SEVERE_MARGIN, train_models
+from cellwatch.detect.incidents import SEVERE_RULE
+from cellwatch.detect.train import CHANGEOVER_MARGIN, INCIDENT_RULE, train_models
 from cellwatch.simulators.faults import FAULT_TYPES
 from cellwatch.simulators.files import write_parquet
 from cellwatch.simulators.simulate import simulate
@@ -28,10 +29,10 @@ CHOICES = {
     "incident_rule": f"k/n/close_after = {INCIDENT_RULE['k']}/{INCIDENT_RULE['n']}/{INCIDENT_RULE['close_after']}, "
                      "chosen on simulator seeds 303, 404, 505 (8 h x 2 lines each) among 3/5/10..240, 4/8/60..120, "
                      "5/10/120, with models trained on the training run",
-    "severity_path": f"one flagged reading opens an incident when its largest top_sensors contribution exceeds "
-                     f"{SEVERE_MARGIN:g} x the largest one of the model's flagged clean held-out training rows; margin "
-                     "chosen on simulator seeds 303, 404, 505, 606, 707, 808, 909 (8 h x 2 lines) among "
-                     "1.25/1.5/1.75/2/2.5",
+    "severity_path": f"{SEVERE_RULE['severe_m']} readings with anomaly_score >= {SEVERE_RULE['severe_score']:g} "
+                     f"(p <= 1e-6) within {SEVERE_RULE['severe_n']} readings of a stream open an incident; chosen on "
+                     "seeds 303..909 (false incidents) and spike-only seeds 1111/1212/1313 (62 spike faults) among "
+                     "score >= 1 once / twice within 300, 600, 1200 readings and top_sensors-contribution rules",
     "changeover_exclusion": f"training leaves out the readings inside recipe changeovers +- "
                             f"{CHANGEOVER_MARGIN.total_seconds() / 60:g} min (was 2 min), chosen on seeds 303..909 "
                             "among 2 min / 0 / 2 min before only / none",

@@ -7,11 +7,10 @@ open while anomalies keep coming and closes once ``close_after`` consecutive rea
 (``end_ts`` = the last anomalous reading). Severity grows with the peak score and the number of
 anomalous readings (:data:`SEVERITY_BANDS`).
 
-Severity path (optional, ``severe_evidence``): isolated readings far outside anything clean data showed (a spike
-fault: a few single readings minutes apart) never meet k-of-n. A flagged reading whose *evidence* - the largest
-``contribution`` in its ``top_sensors`` (robust standard deviations of its worst window feature, unclipped,
-unlike the score) - exceeds the threshold of its (station, recipe) model opens an incident on its own, starting
-at that reading. The thresholds are learnt from clean validation data (``cellwatch.detect.train``).
+Severity path (:data:`SEVERE_RULE`): isolated extreme readings (a spike fault: a few single readings minutes apart)
+never meet k-of-n. A reading at the top of the score scale (``anomaly_score >= severe_score``: tail probability
+<= 1e-6 against the clean calibration data, "one in a million clean readings") opens an incident when another such
+reading of its stream came less than ``severe_n`` readings before it; the incident starts at the opening reading.
 
 Only anomalous readings are walked in Python; normal readings just advance a position counter.
 """
@@ -31,6 +30,10 @@ INCIDENT_COLUMNS = TABLE["incidents"].column_names
 #: (severity, minimum peak score, minimum anomalous readings): the first band whose peak OR count is met.
 SEVERITY_BANDS: tuple[tuple[str, float, int], ...] = (("critical", 0.9, 200), ("major", 0.6, 50))
 _TOP_SENSORS = 5
+#: Severity path: ``severe_m`` readings with ``anomaly_score >= severe_score`` within ``severe_n`` readings open an
+#: incident. Chosen on simulator seeds 303..909 (false incidents) and three spike-only seeds 1111/1212/1313 (62 spike
+#: faults), never on the benchmark's test seed: see docs/detection.md. ``severe_score=None`` switches it off.
+SEVERE_RULE = {"severe_score": 1.0, "severe_m": 2, "severe_n": 600}
 
 
 def _open_condition(flags: np.ndarray, k: int, n: int, severe: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -44,12 +47,26 @@ def _open_condition(flags: np.ndarray, k: int, n: int, severe: np.ndarray | None
     return a, cond
 
 
+def severe_openers(flags: np.ndarray, scores: np.ndarray, severe_score: float | None = SEVERE_RULE["severe_score"],
+                   severe_m: int = SEVERE_RULE["severe_m"], severe_n: int = SEVERE_RULE["severe_n"]) -> np.ndarray:
+    """Per reading of one stream: may it open an incident by the severity path? (flagged, score >= severe_score,
+    and ``severe_m - 1`` more such readings less than ``severe_n`` readings before it)."""
+    flags = np.asarray(flags, dtype=bool)
+    out = np.zeros(flags.size, dtype=bool)
+    if severe_score is None:
+        return out
+    s = np.flatnonzero(flags & (np.asarray(scores, dtype="float64") >= severe_score))
+    if s.size >= severe_m:
+        out[s[severe_m - 1:]] = s[severe_m - 1:] - s[: s.size - severe_m + 1] < severe_n
+    return out
+
+
 def count_incidents(flags_by_line: list[np.ndarray], k: int, n: int, close_after: int,
                     severe_by_line: list[np.ndarray] | None = None) -> int:
     """How many incidents the k-of-n / hysteresis rule opens on boolean anomaly flags (one array per stream).
 
     Vectorised twin of :class:`IncidentTracker` (same rule) used to choose thresholds; ``severe_by_line``
-    (optional, same shapes) marks the readings the severity path lets open an incident on their own.
+    (optional, same shapes, e.g. from :func:`severe_openers`) marks the readings the severity path lets open.
     """
     total = 0
     for i, flags in enumerate(flags_by_line):
@@ -87,6 +104,7 @@ class _Stream:
     pos: int = 0                  # readings seen so far
     last_anomaly: int | None = None
     recent: list = field(default_factory=list)   # last k-1 anomalies: (pos, seq, ts, score, kind, sensors)
+    severe: list = field(default_factory=list)   # positions of the last severe_m - 1 severe readings
     open: _Open | None = None
     last_ts: pd.Timestamp | None = None
 
@@ -109,26 +127,14 @@ def _incident_frame(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def _explained(top: object) -> tuple[list[str], float]:
-    """Sensor names of a ``top_sensors`` JSON list and its largest ``contribution`` (0 when none)."""
+def _sensor_names(top: object) -> list[str]:
     if not isinstance(top, str) or not top:
-        return [], 0.0
+        return []
     try:
         items = orjson.loads(top)
     except orjson.JSONDecodeError:
-        return [], 0.0
-    items = [d for d in items if isinstance(d, dict)]
-    contrib = [float(d["contribution"]) for d in items if isinstance(d.get("contribution"), int | float)]
-    return [str(d["sensor"]) for d in items if "sensor" in d], max(contrib, default=0.0)
-
-
-def _sensor_names(top: object) -> list[str]:
-    return _explained(top)[0]
-
-
-def evidence(top_sensors: pd.Series | np.ndarray) -> np.ndarray:
-    """Severity-path evidence per row: the largest ``contribution`` in its ``top_sensors`` (0 without one)."""
-    return np.array([_explained(t)[1] for t in np.asarray(top_sensors, dtype=object)], dtype="float64")
+        return []
+    return [str(d["sensor"]) for d in items if isinstance(d, dict) and "sensor" in d]
 
 
 class IncidentTracker:
@@ -136,27 +142,24 @@ class IncidentTracker:
 
     def __init__(self, k: int = 3, n: int = 5, close_after: int = 10,
                  severity_bands: tuple[tuple[str, float, int], ...] = SEVERITY_BANDS,
-                 severe_evidence: dict[tuple[str, str], float] | None = None):
+                 severe_score: float | None = SEVERE_RULE["severe_score"], severe_m: int = SEVERE_RULE["severe_m"],
+                 severe_n: int = SEVERE_RULE["severe_n"]):
         if not 1 <= k <= n:
             raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
+        if not 1 <= severe_m <= severe_n:
+            raise ValueError(f"need 1 <= severe_m <= severe_n, got {severe_m}, {severe_n}")
         self.k, self.n, self.close_after = k, n, close_after
         self.severity_bands = severity_bands
-        #: (station, recipe) -> evidence above which one flagged reading opens an incident; recipe "*" = any
-        self.severe_evidence = dict(severe_evidence or {})
+        self.severe_score, self.severe_m, self.severe_n = severe_score, severe_m, severe_n
         self._streams: dict[tuple[str, str], _Stream] = {}
 
-    def _severe_thresholds(self, scored: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
-        """Severity-path threshold of each of ``rows`` (inf where its model has none)."""
-        out = np.full(rows.size, np.inf)
-        if not self.severe_evidence or rows.size == 0:
-            return out
-        station = scored["station"].to_numpy(dtype=object)[rows].astype(str)
-        recipe = (scored["recipe"].to_numpy(dtype=object)[rows] if "recipe" in scored
-                  else np.full(rows.size, None, dtype=object))
-        # a recipe's own model wins over the station's "*" model (as StationModels.model_for chooses)
-        for (st, rec), thr in sorted(self.severe_evidence.items(), key=lambda kv: kv[0][1] != "*"):
-            out[(station == st) & ((recipe == rec) if rec != "*" else True)] = thr
-        return out
+    def _opens_severe(self, st: _Stream, p: int, score: float) -> bool:
+        """Severity path for the flagged reading at position ``p``; remembers it when it is severe."""
+        if self.severe_score is None or score < self.severe_score:
+            return False
+        before = st.severe[-(self.severe_m - 1):] if self.severe_m > 1 else []
+        st.severe = [*before, p]
+        return len(before) == self.severe_m - 1 and (not before or p - before[0] < self.severe_n)
 
     # ------------------------------------------------------------------------------------------ output
     def _severity(self, inc: _Open) -> str:
@@ -191,9 +194,6 @@ class IncidentTracker:
         tops = scored["top_sensors"].to_numpy(object) if "top_sensors" in scored else np.full(len(scored), None)
         scores = scored["anomaly_score"].to_numpy(dtype="float64")
         seqs = scored["seq"].to_numpy()
-        anomalous = np.flatnonzero(flags_all)
-        severe_thr = np.full(len(scored), np.inf)
-        severe_thr[anomalous] = self._severe_thresholds(scored, anomalous)
         for code, key in enumerate(keys):
             rows = np.flatnonzero(codes == code)
             st = self._streams.setdefault(key, _Stream())
@@ -202,16 +202,15 @@ class IncidentTracker:
             for r in rows[flags_all[rows]]:
                 p = base + int(np.searchsorted(rows, r))
                 self._close_if_quiet(key, st, p, out, ts_all.iloc[r])
-                names, strength = _explained(tops[r])
-                item = (p, seqs[r], ts_all.iloc[r], float(scores[r]), str(kinds[r]), names)
+                item = (p, seqs[r], ts_all.iloc[r], float(scores[r]), str(kinds[r]), _sensor_names(tops[r]))
+                severe = self._opens_severe(st, p, item[3])
                 if st.open is not None:
                     st.open.add(item[3], item[2], item[4], item[5])
                     out[st.open.incident_id] = self._row(key, st.open, "open", ts_all.iloc[r])
                 else:
                     window = [*st.recent, item][-self.k:]
                     if not (len(window) == self.k and p - window[0][0] < self.n):
-                        # severity path: one reading with evidence beyond its model's threshold opens on its own
-                        window = [item] if strength > severe_thr[r] else None
+                        window = [item] if severe else None  # severity path: opens at this reading
                     if window is not None:
                         first = window[0]
                         inc = _Open(f"{key[0]}/{key[1]}/{first[1]}", first[2], first[3], first[2], first[2])
@@ -239,8 +238,9 @@ class IncidentTracker:
     def restore(self, open_incidents: pd.DataFrame, recent: pd.DataFrame) -> None:
         """Rebuild the state after a restart from the stored open incidents and the latest scored rows.
 
-        ``recent`` holds the last scored rows per stream (at least ``n + close_after``), already folded
-        into ``open_incidents``; they set the k-of-n window and the close countdown without being
+        ``recent`` holds the last scored rows per stream (at least ``n + close_after``, and ``severe_n`` for the
+        severity path to remember an earlier extreme reading), already folded into ``open_incidents``;
+        they set the k-of-n window and the close countdown without being
         counted again. The per-sensor tallies of an open incident restart from its stored sensor list.
         """
         self._streams = {}
@@ -254,6 +254,9 @@ class IncidentTracker:
                 seen_rows[key] = (ts_all.iloc[idx], flags)
                 anom = np.flatnonzero(flags)
                 st = _Stream(pos=len(sub), last_ts=ts_all.iloc[idx[-1]])
+                if self.severe_score is not None and self.severe_m > 1:
+                    sev = np.flatnonzero(flags & (sub["anomaly_score"].to_numpy(dtype="float64") >= self.severe_score))
+                    st.severe = [int(i) for i in sev[-(self.severe_m - 1):]]
                 if anom.size:
                     st.last_anomaly = int(anom[-1])
                     tail = anom[-(self.k - 1):] if self.k > 1 else []

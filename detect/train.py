@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from cellwatch.detect.cell_features import FEATURE_NAMES, LOCAL_STATIONS, STAGE, ts_ns
 from cellwatch.detect.core import DEFECT_MODEL, STATIONS_MODEL, LineScorer, StationModels
 from cellwatch.detect.defect import DefectModel
-from cellwatch.detect.incidents import evidence
+from cellwatch.detect.incidents import SEVERE_RULE
 from cellwatch.detect.registry import ModelRegistry, data_hash
 from cellwatch.detect.station_model import StationModel
 from cellwatch.errors import CellwatchError
@@ -54,11 +54,6 @@ MIN_RECIPE_ROWS = 300
 #: the false incidents there from 138 to 59 (3 x 8 h x 18 streams) at recall 36/40 (3/5/10: 37/40); see
 #: docs/detection.md.
 INCIDENT_RULE = {"k": 5, "n": 10, "close_after": 120}
-#: Severity path of the incident rule (:class:`~cellwatch.detect.incidents.IncidentTracker` ``severe_evidence``): one
-#: flagged reading opens an incident on its own when its evidence (largest ``top_sensors`` contribution) exceeds
-#: SEVERE_MARGIN x the largest evidence of any flagged reading of the model's clean held-out validation rows. Margin
-#: chosen on simulator seeds 303..909 (never the test seed 202) among 1.25/1.5/1.75/2/2.5: see docs/detection.md.
-SEVERE_MARGIN = 2.0
 
 
 @dataclass
@@ -170,7 +165,6 @@ def fit_station_models(readings: pd.DataFrame, exclude: np.ndarray, window: int 
     stations = [s for s in STATION_NAMES if s in set(readings["station"].astype(str))]
     recipe = readings["recipe"].fillna("*").astype(str) if "recipe" in readings else pd.Series("*", readings.index)
     kwargs = INCIDENT_RULE | kwargs
-    severe: dict[tuple[str, str], float] = {}
     for st in tqdm(stations, desc="station models", disable=not progress, unit="station"):
         sel = (readings["station"] == st).to_numpy()
         recipes = recipe[sel]
@@ -186,38 +180,10 @@ def fit_station_models(readings: pd.DataFrame, exclude: np.ndarray, window: int 
             except ValueError as exc:
                 raise CellwatchError(f"cannot train the {st} model (recipe {rec}): {exc}") from exc
             models[(st, rec)] = model
-            severe[(st, rec)] = severe_threshold(model, sub, exclude[rows])
     if not models:
         raise CellwatchError("no station readings to train on")
     first = next(iter(models.values()))
-    out = StationModels(models, incident_k=first.k, incident_n=first.n, close_after=first.close_after)
-    out.severe_evidence = severe  # read by LineScorer for its IncidentTracker (severity path)
-    return out
-
-
-def held_out_rows(model: StationModel, frame: pd.DataFrame, exclude: np.ndarray) -> np.ndarray:
-    """Positions of the clean held-out validation rows ``model.fit(frame, exclude=exclude)`` calibrated on: the last
-    ``validation_fraction`` of each line, without the rows whose feature context holds an excluded row."""
-    lines = frame["line"].astype(str).to_numpy() if "line" in frame else np.full(len(frame), "_", dtype=object)
-    out = []
-    for line in pd.unique(lines):
-        idx = np.flatnonzero(lines == line)
-        dirty = np.convolve(exclude[idx].astype(float), np.ones(model.context_), mode="full")[: idx.size] > 0
-        held = np.arange(idx.size) >= round(idx.size * (1 - model.validation_fraction))
-        out.append(idx[held & ~dirty])
-    return np.concatenate(out) if out else np.zeros(0, dtype=int)
-
-
-def severe_threshold(model: StationModel, frame: pd.DataFrame, exclude: np.ndarray,
-                     margin: float = SEVERE_MARGIN) -> float:
-    """Evidence above which one flagged reading opens an incident: ``margin`` x the largest evidence of the flagged
-    clean held-out rows (scored as a stream from a fresh state); inf (no severity path) when none was flagged."""
-    scored = model.score(frame.reset_index(drop=True), model.new_state())
-    rows = held_out_rows(model, frame, np.asarray(exclude, dtype=bool))
-    rows = rows[scored["is_anomaly"].to_numpy(dtype=bool)[rows]]
-    if rows.size == 0:
-        return float("inf")
-    return float(margin * evidence(scored["top_sensors"].to_numpy(dtype=object)[rows]).max())
+    return StationModels(models, incident_k=first.k, incident_n=first.n, close_after=first.close_after)
 
 
 def replay_features(scorer: LineScorer, readings: pd.DataFrame, batch: int = REPLAY_BATCH,
@@ -311,9 +277,7 @@ def train_models(data_dir: str | Path, models_dir: str | Path, promote: bool | N
         "thresholds": {f"{st}/{rec}": float(m.threshold_) for (st, rec), m in stations.models.items()},
         "features": {f"{st}/{rec}": list(m.sensors_) for (st, rec), m in stations.models.items()},
         "incidents": {"k": stations.incident_k, "n": stations.incident_n, "close_after": stations.close_after,
-                      "severe_margin": SEVERE_MARGIN,
-                      "severe_evidence": {f"{st}/{rec}": v if np.isfinite(v) else None
-                                          for (st, rec), v in stations.severe_evidence.items()}},
+                      **SEVERE_RULE},
     }
     d_meta = {
         "kind": "defect", "training_window": window_, "data_hash": dhash, "data_dir": str(Path(data_dir)),

@@ -7,7 +7,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from cellwatch.detect.incidents import IncidentTracker, count_incidents, open_mask
+from cellwatch.detect.incidents import IncidentTracker, count_incidents, open_mask, severe_openers
 from cellwatch.ingest.schema import TABLE
 
 
@@ -153,48 +153,45 @@ def test_update_rejects_missing_columns_and_bad_parameters():
     assert IncidentTracker().update(scored([])).empty
 
 
-def _with_evidence(frame: pd.DataFrame, evidence: dict[int, float], recipe: str | None = None) -> pd.DataFrame:
-    """Set the top_sensors contribution of the given positions (they must be flagged) and the recipe column."""
-    frame = frame.copy()
-    for i, c in evidence.items():
-        frame.loc[i, "top_sensors"] = orjson.dumps([{"sensor": "web_tension_n", "actual": 9.0, "expected": 0.0,
-                                                    "contribution": c},
-                                                   {"sensor": "ts", "actual": 30.0, "expected": 1.0,
-                                                    "contribution": None, "issue": "gap"}]).decode()
-    return frame.assign(recipe=recipe)
 
-
-def test_severity_path_opens_on_one_reading_beyond_its_models_threshold():
-    flags = np.zeros(400, dtype=int)
-    flags[[50, 200, 300]] = 1  # three isolated flagged readings: k-of-n alone never opens
-    frame = _with_evidence(scored(flags), {50: 12.0, 200: 30.0, 300: 31.0}, recipe="LFP")
-    assert IncidentTracker(k=3, n=5, close_after=10).update(frame).empty
-    out = IncidentTracker(k=3, n=5, close_after=10, severe_evidence={("coating", "LFP"): 30.0}).update(frame)
-    assert out["incident_id"].tolist() == ["L1/coating/400"]  # only the reading above 30 (seq0 100 + 300)
+def test_severity_path_opens_on_a_second_extreme_reading_within_its_horizon():
+    flags = np.zeros(2000, dtype=int)
+    flags[[50, 300, 1200, 1500, 1900]] = 1  # isolated flagged readings: k-of-n alone never opens
+    scores = np.where(flags, 0.7, 0.1)
+    scores[[50, 300, 1200, 1900]] = 1.0      # extreme: 50 & 300 (250 apart) and 1200 (900 after 300) and 1900
+    frame = scored(flags, scores=scores)
+    assert IncidentTracker(k=3, n=5, close_after=10, severe_score=None).update(frame).empty
+    out = IncidentTracker(k=3, n=5, close_after=10, severe_score=1.0, severe_m=2, severe_n=600).update(frame)
+    assert out["incident_id"].tolist() == ["L1/coating/400"]  # opened by the second extreme reading (seq 100 + 300)
     assert out["n_anomalous"].tolist() == [1] and out["status"].tolist() == ["closed"]
-    # the recipe's own threshold wins over the station's "*" one; another station's threshold does not apply
-    both = {("coating", "*"): 5.0, ("coating", "LFP"): 30.0, ("mixing", "*"): 1.0}
-    assert IncidentTracker(k=3, n=5, close_after=10, severe_evidence=both).update(frame)["incident_id"].tolist() \
+    once = IncidentTracker(k=3, n=5, close_after=10, severe_score=1.0, severe_m=1, severe_n=1).update(frame)
+    assert once["incident_id"].tolist() == ["L1/coating/150", "L1/coating/400", "L1/coating/1300",
+                                            "L1/coating/2000"]
+    # the same in batches, and after a restart from the last rows (the earlier extreme reading is remembered)
+    tracker = IncidentTracker(k=3, n=5, close_after=10, severe_score=1.0, severe_m=2, severe_n=600)
+    assert _final([tracker.update(frame.iloc[a:a + 77]) for a in range(0, len(frame), 77)])["incident_id"].tolist() \
         == ["L1/coating/400"]
-    star = IncidentTracker(k=3, n=5, close_after=10, severe_evidence={("coating", "*"): 5.0}).update(frame)
-    assert star["incident_id"].tolist() == ["L1/coating/150", "L1/coating/300", "L1/coating/400"]
-    off = {("coating", "LFP"): float("inf"), ("coating", "*"): 5.0}
-    assert IncidentTracker(k=3, n=5, close_after=10, severe_evidence=off).update(frame).empty
+    first = IncidentTracker(k=3, n=5, close_after=10, severe_score=1.0, severe_m=2, severe_n=600)
+    stored = first.update(frame.iloc[:250])
+    again = IncidentTracker(k=3, n=5, close_after=10, severe_score=1.0, severe_m=2, severe_n=600)
+    again.restore(stored, frame.iloc[:250])
+    assert again.update(frame.iloc[250:])["incident_id"].tolist() == ["L1/coating/400"]
+    with pytest.raises(ValueError, match="severe_m"):
+        IncidentTracker(severe_m=0)
 
 
 @pytest.mark.parametrize("seed", [3, 4])
 def test_vectorised_twins_match_the_tracker_with_the_severity_path(seed):
     frame = _random_stream(seed)
     rng = np.random.default_rng(seed)
-    flagged = np.flatnonzero(frame["is_anomaly"].to_numpy())
-    strong = rng.choice(flagged, size=max(1, flagged.size // 20), replace=False)
-    frame = _with_evidence(frame, {int(i): 50.0 for i in strong})
-    severe = np.zeros(len(frame), dtype=bool)
-    severe[strong] = True
-    tracker = IncidentTracker(k=4, n=6, close_after=15, severe_evidence={("coating", "*"): 20.0})
-    inc = _final([tracker.update(frame.iloc[a:a + 300]) for a in range(0, len(frame), 300)])
     flags = frame["is_anomaly"].to_numpy()
+    scores = frame["anomaly_score"].to_numpy().copy()
+    flagged = np.flatnonzero(flags)
+    scores[rng.choice(flagged, size=max(2, flagged.size // 10), replace=False)] = 1.0
+    frame = frame.assign(anomaly_score=scores)
+    severe = severe_openers(flags, scores, 1.0, 2, 40)
+    tracker = IncidentTracker(k=4, n=6, close_after=15, severe_score=1.0, severe_m=2, severe_n=40)
+    inc = _final([tracker.update(frame.iloc[a:a + 300]) for a in range(0, len(frame), 300)])
     assert count_incidents([flags], 4, 6, 15, [severe]) == len(inc) > count_incidents([flags], 4, 6, 15)
     opened = open_mask(flags, 4, 6, 15, severe)
-    starts = frame.loc[opened & ~np.r_[False, opened[:-1]], "seq"].tolist()
-    assert len(starts) == len(inc)
+    assert int((opened & ~np.r_[False, opened[:-1]]).sum()) == len(inc)
