@@ -144,18 +144,19 @@ def own_features(events: pd.DataFrame) -> pd.DataFrame:
     ``events`` holds ``station``, the station's sensor columns, ``anomaly_score`` and ``is_anomaly``; every
     row only fills its own station's columns.
     """
-    out = pd.DataFrame(np.nan, index=events.index, columns=OWN_FEATURES, dtype="float64")
+    out = np.full((len(events), len(OWN_FEATURES)), np.nan)
+    stations = events["station"].to_numpy(dtype=object)
     for name in FEATURE_STATIONS:
-        sel = (events["station"] == name).to_numpy()
-        if not sel.any():
+        sel = np.flatnonzero(stations == name)
+        if sel.size == 0:
             continue
-        sub = events.loc[sel]
-        for s in station(name).sensor_names:
-            if s in sub:
-                out.loc[sel, f"{name}.{s}"] = sub[s].to_numpy(dtype="float64")
-        out.loc[sel, f"{name}.anomaly_score"] = sub["anomaly_score"].to_numpy(dtype="float64")
-        out.loc[sel, f"{name}.is_anomaly"] = sub["is_anomaly"].to_numpy(dtype="float64")
-    return out
+        for s in (*station(name).sensor_names, "anomaly_score", "is_anomaly"):
+            if s in events:
+                out[sel, _OWN_COLUMN[f"{name}.{s}"]] = events[s].to_numpy(dtype="float64")[sel]
+    return pd.DataFrame(out, index=events.index, columns=OWN_FEATURES)
+
+
+_OWN_COLUMN = {f: i for i, f in enumerate(OWN_FEATURES)}
 
 
 def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[str, pd.DataFrame],
@@ -244,7 +245,8 @@ def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[s
             continue
         pos = buf["pos"].to_numpy(dtype=np.int64)
         # each event's window: stream positions (hi - lot_memory, hi] -> a range [a, b) of its group's readings
-        hi = _window_end(buf, ev_line_str, ev_ts)
+        bts = buffer_ns(buf)
+        hi = _window_end(buf, ev_line_str, ev_ts, bts)
         span = np.int64(int(pos.max()) + lot_memory + 3)
         key = gr_g * span + pos[gr_row] + lot_memory
         a = np.searchsorted(key, group * span + hi, "right")
@@ -262,7 +264,7 @@ def lot_features(events: pd.DataFrame, event_lots: pd.DataFrame, buffers: dict[s
         if name in lags:
             anchored = ev_has[np.isfinite(anchors[ev_has])]
             if anchored.size:
-                step = stream_step(buf) if match == "position" else None
+                step = stream_step(buf, bts) if match == "position" else None
                 if match != "position":
                     _local(local, lcol, name, sensors, anchored, anchors[anchored] - lags[name] * 1e9, a, b, gr_g,
                            gr_row, group, buf, values, half_ns)
@@ -369,12 +371,13 @@ def _set_groups(ev_line: np.ndarray, pair_ev: np.ndarray, pair_lot: np.ndarray, 
 STEP_RESOLUTION_S = 0.1
 
 
-def stream_step(buf: pd.DataFrame) -> float | None:
+def stream_step(buf: pd.DataFrame, ts: np.ndarray | None = None) -> float | None:
     """The cadence of a time-based stream (seconds between consecutive readings of a line, median, rounded to
     :data:`STEP_RESOLUTION_S`); None with fewer than two consecutive readings."""
     line, _ = pd.factorize(buf["line"])
     order = np.lexsort((buf["pos"].to_numpy(dtype=np.int64), line))
-    pos, line, ts = buf["pos"].to_numpy(dtype=np.int64)[order], line[order], ts_ns(buf["ts"])[order]
+    ts = buffer_ns(buf) if ts is None else ts
+    pos, line, ts = buf["pos"].to_numpy(dtype=np.int64)[order], line[order], ts[order]
     nxt = (pos[1:] - pos[:-1] == 1) & (line[1:] == line[:-1])
     if not nxt.any():
         return None
@@ -474,6 +477,13 @@ def _aggregate(ev: np.ndarray, values: np.ndarray):
     return at, stats, np.where(cnt > 0, means, np.nan), mins, maxs
 
 
+def buffer_ns(buf: pd.DataFrame) -> np.ndarray:
+    """A buffer's reading times as int64 ns: its ``ts_ns`` column when the caller keeps one, else from ``ts``."""
+    if "ts_ns" in buf:
+        return buf["ts_ns"].to_numpy(dtype=np.int64)
+    return ts_ns(buf["ts"])
+
+
 def ts_ns(ts: pd.Series) -> np.ndarray:
     """Timestamps as int64 nanoseconds since the epoch (UTC)."""
     dtype = getattr(ts, "dtype", None)
@@ -482,14 +492,15 @@ def ts_ns(ts: pd.Series) -> np.ndarray:
     return pd.DatetimeIndex(pd.to_datetime(ts, utc=True)).as_unit("ns").asi8
 
 
-def _window_end(buf: pd.DataFrame, ev_line: np.ndarray, ev_ts: np.ndarray) -> np.ndarray:
-    """Per event: stream position of the last reading of its line in ``buf`` with ts <= the event's ts (-1: none)."""
+def _window_end(buf: pd.DataFrame, ev_line: np.ndarray, ev_ts: np.ndarray, buf_ts: np.ndarray) -> np.ndarray:
+    """Per event: stream position of the last reading of its line in ``buf`` with ts <= the event's ts (-1: none);
+    ``buf_ts``: the buffer's times in ns (:func:`buffer_ns`)."""
     hi = np.full(len(ev_line), -1, dtype=np.int64)
     for line, idx in buf.groupby("line", sort=False).indices.items():
         sel = ev_line == line
         if not sel.any():
             continue
-        ts = ts_ns(buf["ts"].iloc[idx])
+        ts = buf_ts[idx]
         pos = buf["pos"].to_numpy()[idx]
         k = np.searchsorted(ts, ev_ts[sel], side="right")  # readings with ts <= event ts
         hi[sel] = np.where(k > 0, pos[np.maximum(k - 1, 0)], -1)
