@@ -382,7 +382,9 @@ class LineScorer:
         return pd.DataFrame({
             "cell_id": feats["cell_id"].to_numpy(), "station": feats["station"].to_numpy(),
             "line": feats["line"].to_numpy(), "ts": feats["ts"].to_numpy(), "defect_probability": proba,
-            "predicted_defect": flagged, "predicted_type": types, "top_features": top,
+            "predicted_defect": flagged,
+            # object columns whatever the batch holds (pandas would infer str from all-string batches only)
+            "predicted_type": pd.Series(types, dtype=object), "top_features": pd.Series(top, dtype=object),
             "model_version": self.model_version})[PREDICTION_COLUMNS]
 
     def _trim(self, state: ScoringState) -> None:
