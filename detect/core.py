@@ -282,6 +282,7 @@ class LineScorer:
         stations = r["station"].to_numpy(dtype=object)
         lines = r["line"].to_numpy(dtype=object)
         ts = r["ts"].array
+        ns = pd.DatetimeIndex(r["ts"]).as_unit("ns").asi8  # kept as ts_ns: lot_features need not convert ts
         scores = scored["anomaly_score"].to_numpy(dtype="float64")
         flags_all = scored["is_anomaly"].to_numpy(dtype=bool)
         for name in BUFFERED_STATIONS:
@@ -289,7 +290,8 @@ class LineScorer:
             if sel.size == 0:
                 continue
             flags = flags_all[sel]
-            new = {"line": lines[sel], "ts": ts[sel], "anomaly_score": scores[sel], "is_anomaly": flags}
+            new = {"line": lines[sel], "ts": ts[sel], "ts_ns": ns[sel], "anomaly_score": scores[sel],
+                   "is_anomaly": flags}
             for s in station(name).sensor_names:
                 new[s] = r[s].to_numpy(dtype="float64")[sel] if s in r else np.full(sel.size, np.nan)
             new["lots"] = lots_of(r["tags"].iloc[sel])
