@@ -205,12 +205,13 @@ class DefectModel:
         if len(X) == 0:
             return []
         names, values, contribs = self._top(X, top, contrib)
-        return [[{"feature": n, "value": None if v != v else round(v, 6), "contribution": round(c, 6)}
+        values = np.where(np.isnan(values), None, round_like_python(values, 6)).tolist()
+        return [[{"feature": n, "value": v, "contribution": c}
                  for n, v, c in zip(nr, vr, cr, strict=True) if c != 0.0]
-                for nr, vr, cr in zip(names, values, contribs, strict=True)]
+                for nr, vr, cr in zip(names, values, round_like_python(contribs, 6).tolist(), strict=True)]
 
     def _top(self, X: pd.DataFrame, top: int, contrib: np.ndarray | None
-             ) -> tuple[list[list[str]], list[list[float]], list[list[float]]]:
+             ) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
         """Per row the ``top`` (feature, value, contribution) by |contribution|, ties by feature order (what a
         stable argsort gives), as Python lists. A partial sort (argpartition) finds them; rows with a tie at the
         cut fall back to the stable argsort."""
@@ -231,7 +232,7 @@ class DefectModel:
         rows = np.arange(len(c))[:, None]
         values = self._matrix(X).to_numpy()[rows, cand]
         names = np.asarray(self.features_, dtype=object)[cand]
-        return names.tolist(), values.tolist(), c[rows, cand].tolist()
+        return names.tolist(), values, c[rows, cand]
 
     def feature_importance(self, X: pd.DataFrame | None = None) -> pd.Series:
         """Mean |SHAP| per feature on ``X`` (or LightGBM's gain importance when no X is given)."""
@@ -240,6 +241,25 @@ class DefectModel:
             return pd.Series(imp, index=self.features_).sort_values(ascending=False)
         c = self.contributions(X)[:, :-1]
         return pd.Series(np.abs(c).mean(axis=0), index=self.features_).sort_values(ascending=False)
+
+
+def round_like_python(x: np.ndarray, digits: int) -> np.ndarray:
+    """``round(v, digits)`` of every element, vectorised and identical to Python's (correctly rounded) ``round``.
+
+    ``rint(x * 10**digits) / 10**digits`` is exact (both operands exact, IEEE division correctly rounded) unless the
+    product's rounding error could cross a .5 boundary, or the value is huge or not finite: those few elements are
+    rounded by Python.
+    """
+    x = np.asarray(x, dtype="float64")
+    scale = 10.0 ** digits
+    t = x * scale
+    with np.errstate(invalid="ignore"):
+        out = np.rint(t) / scale
+        frac = t - np.floor(t)
+        unsure = ~(np.abs(frac - 0.5) > 4 * np.spacing(np.abs(t))) | ~(np.abs(t) < 2.0 ** 52)
+    for i in np.flatnonzero(unsure):
+        out.flat[i] = round(float(x.flat[i]), digits)
+    return out
 
 
 def _stratified_cells(groups: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> np.ndarray:

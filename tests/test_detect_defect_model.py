@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cellwatch.detect.cell_features import FEATURE_STATIONS
-from cellwatch.detect.defect import DefectModel
+from cellwatch.detect.defect import DefectModel, round_like_python
 from cellwatch.simulators.simulate import simulate
 from cellwatch.stations import station
 
@@ -186,6 +186,19 @@ def test_explain_picks_the_stable_argsort_top_features_with_ties(data, model):
         assert got == want
     assert [e["feature"] for e in model.explain(X, top=2, contrib=contrib)[1]] == [model.features_[2],
                                                                                     model.features_[4]]
+
+
+
+def test_round_like_python_is_pythons_round_elementwise():
+    """Vectorised rounding of the explanations: identical to round(v, 6), near .5 boundaries and extremes too."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, 20_000) * 10.0 ** rng.uniform(-9, 9, 20_000),
+                        (np.arange(-20_000, 20_000) + 0.5) / 1e6,       # decimal ties, as close as floats get
+                        [0.0, -0.0, -1e-9, np.nan, np.inf, -np.inf, 0.0078125, 1e300, 4503599627370497.0]])
+    got = round_like_python(x, 6)
+    want = np.array([round(float(v), 6) for v in x])
+    assert ((got == want) | (np.isnan(got) & np.isnan(want))).all()
+    assert (np.signbit(got) == np.signbit(want)).all()
 
 
 def test_type_model_names_known_types(data, model):
