@@ -392,8 +392,10 @@ class LineScorer:
     def _trim(self, state: ScoringState) -> None:
         for name, buf in state.buffers.items():
             if len(buf) > self._buffer_keep:
-                newest = buf.groupby("line", sort=False)["pos"].transform("max")
-                keep = buf["pos"].to_numpy() > newest.to_numpy() - self._buffer_keep
+                # a line's newest buffered position is the one before its next stream position
+                codes, lines = pd.factorize(buf["line"], sort=False)
+                newest = np.array([state.positions[(line, name)] - 1 for line in lines], dtype="int64")[codes]
+                keep = buf["pos"].to_numpy() > newest - self._buffer_keep
                 if not keep.all():
                     state.buffers[name] = buf.loc[keep].reset_index(drop=True)
         state.cells.keep_newest(self.max_open_cells)
