@@ -246,14 +246,18 @@ class LineScorer:
         order = np.argsort(codes, kind="stable")
         bounds = np.searchsorted(codes[order], np.arange(len(groups) + 1))
         unknown = []
+        # groups that resolve to the same model (e.g. a recipe without its own model and readings without a
+        # recipe, both on the station's ANY model) share one window state: score them together, in batch order
+        by_model: dict[tuple[str, str], tuple[object, list[np.ndarray]]] = {}
         for g, grp in enumerate(groups):
             st, rec = st_names[grp // len(rec_names)], rec_names[grp % len(rec_names)]
-            idx = order[bounds[g]:bounds[g + 1]]
             found = self.stations.model_for(st, None if rec == ANY else rec)
             if found is None:
                 unknown.append(st)
                 continue
-            key, model = found
+            by_model.setdefault(found[0], (found[1], []))[1].append(order[bounds[g]:bounds[g + 1]])
+        for key, (model, parts) in by_model.items():
+            idx = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
             if key not in state.model_states:
                 state.model_states[key] = model.new_state()
             cols = [col_of.get(c, len(columns)) for c in model.sensors_]

@@ -204,3 +204,18 @@ def test_load_scorer_rejects_artefacts_that_cannot_score(trained, tmp_path):
     reg.root.joinpath("stations", "PRODUCTION").write_text("2\n")
     with pytest.raises(ModelLoadError, match="cannot score with this cellwatch code"):
         load_scorer(reg.root)
+
+
+def test_groups_on_one_model_are_scored_together_in_stream_order(trained):
+    """A recipe without its own model and readings without a recipe both fall back to the station's ANY model:
+    they share its window state, so their rows must enter it in stream order (same scores as one recipe)."""
+    scorer, window = trained
+    st = next(s for s, rec in scorer.stations.models if rec == "*")
+    rows = window.loc[window["station"] == st].reset_index(drop=True).iloc[:400]
+    plain = rows.assign(recipe=None)
+    mixed = plain.copy()
+    mixed.loc[mixed.index % 3 == 0, "recipe"] = "a-recipe-without-a-model"
+    cols = ["anomaly_score", "is_anomaly", "kind", "top_sensors"]
+    a = scorer.process(plain, scorer.new_state()).scores[cols]
+    b = scorer.process(mixed, scorer.new_state()).scores[cols]
+    pd.testing.assert_frame_equal(a, b)
