@@ -73,7 +73,7 @@ class Settings(BaseModel):
                               "closes earlier once the client's buffered records are drained")
     align_partitions_s: float = Field(300.0, ge=0, description="backlog replay in event time: a readings partition "
                                       "whose newest reading is this far (s) ahead of the slowest partition with a "
-                                      "backlog is paused until it catches up (0 = off)")
+                                      "backlog is paused until it catches up (confluent client only; 0 = off)")
     write_overlap: bool = Field(True, description="write/publish/commit batch N in a writer thread while batch N+1 "
                                 "is polled and scored (offsets still committed only after the store and every ack)")
 

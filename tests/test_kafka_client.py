@@ -88,6 +88,38 @@ def test_client_consumes_commits_pauses_and_resumes(kafka_bootstrap, kafka_topic
 
 
 @pytest.mark.kafka
+@pytest.mark.parametrize("client", [pytest.param("kafka-python", marks=pytest.mark.xfail(
+    reason="kafka-python 3.0.12: a paused partition is often never fetched again after resume (a re-seek does not "
+           "fix it reliably); the service's event-time alignment is therefore confluent-only", strict=False)),
+    "confluent"])
+def test_a_partition_paused_with_a_backlog_delivers_all_of_it_after_resume(kafka_bootstrap, kafka_topic, client):
+    """The service holds back partitions ahead in event time (ingest/align.py); resuming must deliver the rest."""
+    topic = kafka_topic(2, "kc-pause")
+    s = _settings(kafka_bootstrap, client, f"kc-p-{uuid.uuid4().hex[:8]}")
+    prod = K.make_producer(s)
+    for i in range(4000):
+        prod.send(topic, b"v%d" % i, b"k%d" % (i % 2))
+    assert prod.flush(30) == 4000
+    prod.close()
+    cons = K.make_consumer(s)
+    cons.subscribe([topic], on_assign=lambda tps: None, on_revoke=lambda tps: None)
+    got = _drain(cons, 1)
+    held = K.TP(topic, got[0].partition)
+    cons.pause([held])
+    end = time.monotonic() + 60
+    while time.monotonic() < end and len(got) < 4000:  # every other partition drained, the held one not
+        batch = cons.poll_batch(500, 0.5)
+        if not batch:
+            break
+        got += batch
+    assert len(got) < 4000
+    cons.resume([held])
+    got += _drain(cons, 4000 - len(got))
+    cons.close()
+    assert len({(m.partition, m.offset) for m in got}) == 4000
+
+
+@pytest.mark.kafka
 def test_confluent_rebalance_moves_partitions_between_members(kafka_bootstrap, kafka_topic):
     topic = kafka_topic(4, "kc-rb")
     s = _settings(kafka_bootstrap, "confluent", f"kc-{uuid.uuid4().hex[:8]}")
