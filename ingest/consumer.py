@@ -181,15 +181,12 @@ class StreamService:
 
     # ----------------------------------------------------------------------------------------- rebalances
     def _on_revoke(self, revoked: list[TP]) -> None:
-        """Streams of revoked partitions become cold (rebuilt lazily from the store if they come back).
-        A batch in flight is awaited and, when stored and acknowledged, its offsets committed before the
-        partitions go (otherwise the new owner replays it: idempotent)."""
+        """Streams of revoked partitions become cold (rebuilt lazily from the store if they come back). The offsets
+        of a batch still in flight are not committed for revoked partitions (their new owner replays it:
+        idempotent); no commit here: kafka-python 3 runs this callback on its IO thread, where a blocking commit
+        raises and stops the consumer."""
         if revoked:
             log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
-            job = self._inflight
-            if job is not None and not job.committed and job.future is not None and job.future.exception() is None:
-                self._commit(job.messages)
-                job.committed = True
         self.window.forget(tp.partition for tp in revoked if tp.topic == self.settings.topic_readings)
         self.owned.difference_update(revoked)
         self.clock.forget(revoked)
