@@ -236,9 +236,9 @@ def segment_since(times, ctx, end, resume_gap, started):  # pragma: no cover - c
 
 @compiled
 def segment_quality(raw, times, ctx, out, end, lower, upper, stuck_run, gap_seconds):  # pragma: no cover
-    """Data-quality masks of every segment's output rows (:meth:`QualityChecker.check`): out of range, missing,
-    stuck (the last ``stuck_run[j]`` readings of the line identical and present; 0/1 = no check), gap (time
-    step above ``gap_seconds``), plus the time step itself (NaN for a line's first reading)."""
+    """Data-quality masks of every segment's output rows (thresholds learnt by :class:`QualityChecker`): out of
+    range, missing, stuck (the last ``stuck_run[j]`` readings of the line identical and present; 0/1 = no check),
+    gap (time step above ``gap_seconds``), plus the time step itself (NaN for a line's first reading)."""
     n_out = 0
     for k in range(ctx.size):
         n_out += end[k] - out[k]

@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,8 @@ def longest_identical_run(values: np.ndarray) -> np.ndarray:
 
 @dataclass
 class QualityChecker:
-    """Flags data-quality issues; ``stuck_run_`` per sensor, ``gap_seconds_`` learnt from train."""
+    """What the data-quality checks need: ``stuck_run_`` per sensor, physical bounds, ``gap_seconds_`` learnt from
+    train; the checks themselves run in :func:`cellwatch.detect.kernels.segment_quality`."""
 
     stuck_run_: np.ndarray
     lower_: np.ndarray
@@ -72,23 +72,3 @@ class QualityChecker:
         dt = dt_seconds[np.isfinite(dt_seconds) & (dt_seconds > 0)]
         gap = float(max(10 * np.median(dt), 2 * np.max(dt))) if dt.size else np.inf
         return cls(stuck.astype(int), lo, hi, gap)
-
-    def check(self, raw_context: np.ndarray, n_out: int, dt_seconds: np.ndarray) -> dict[str, np.ndarray]:
-        """Issue masks (rows x sensors; ``gap`` rows) for the last ``n_out`` rows of one line's context."""
-        rows = raw_context[-n_out:]
-        out = {"out_of_range": (rows < self.lower_) | (rows > self.upper_),
-               "missing": np.isnan(rows)}
-        stuck = np.zeros(rows.shape, dtype=bool)
-        for L in np.unique(self.stuck_run_[self.stuck_run_ > 1]):
-            cols = np.flatnonzero(self.stuck_run_ == L)
-            ctx = raw_context[:, cols]
-            if len(ctx) < L:
-                continue
-            view = sliding_window_view(ctx, int(L), axis=0)  # (len-L+1, c, L)
-            same = (view.max(axis=2) == view.min(axis=2)) & ~np.isnan(view).any(axis=2)
-            full = np.zeros(ctx.shape, dtype=bool)
-            full[int(L) - 1:] = same
-            stuck[:, cols] = full[-n_out:]
-        out["stuck"] = stuck
-        out["gap"] = np.asarray(dt_seconds[-n_out:]) > self.gap_seconds_
-        return out
